@@ -1,0 +1,108 @@
+// flashmla: the public C++ API. Framework-free: tensors are TensorViews (pointer, dtype, shape,
+// strides in elements); errors are flashmla::Error naming the argument, what was expected and
+// what was given. Shapes, vocabulary and edge-case rules: docs/conventions.md.
+//
+// Typical decoding step (one schedule for every layer of the step):
+//
+//   int parts = flashmla::mla_num_sm_parts({.batch = b, .q_len = s_q, .num_heads_q = h_q,
+//                                           .num_heads_kv = h_kv});
+//   std::vector<int32_t> meta(parts * 8), splits(b + 1);
+//   flashmla::get_mla_metadata({.cache_seqlens = seqlens, .num_sm_parts = parts,
+//                               .tile_scheduler_metadata = TensorView::contiguous(meta.data(), ...),
+//                               .num_splits = TensorView::contiguous(splits.data(), ...)});
+//   for (layer ...) flashmla::flash_mla_with_kvcache({.q = ..., .tile_scheduler_metadata = ...});
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+
+#include "flashmla/error.h"
+#include "flashmla/tensor.h"
+
+namespace flashmla {
+
+inline constexpr const char* kVersion = "0.1.0";
+
+// Per-call execution context, separate from the operation's arguments.
+struct Context {
+  int num_threads = 0;          // CPU worker threads; 0 = default (FLASHMLA_NUM_THREADS, else
+                                // OpenMP's default)
+  void* cuda_stream = nullptr;  // reserved for the CUDA backend
+};
+
+// Number of CPU worker threads a call with this context uses.
+int resolved_num_threads(const Context& ctx);
+
+// ---------------------------------------------------------------------------------------------
+// Split-KV decode scheduler (FlashMLA's get_mla_metadata, reference §5).
+
+struct MlaDecodeShape {
+  int64_t batch = 0;
+  int64_t q_len = 1;         // s_q
+  int64_t num_heads_q = 0;   // h_q
+  int64_t num_heads_kv = 1;  // h_kv
+};
+
+// Number of scheduler parts ("SM parts") the CPU backend uses for this shape. Rule: one part per
+// worker thread; a part processes every query head of every KV head of its (request, block)
+// range, so a KV tile is gathered once per KV head and tile of up to 128 query rows; see
+// docs/conventions.md.
+int mla_num_sm_parts(const MlaDecodeShape& shape, const Context& ctx = {});
+
+// Scheduler constants of the CPU dense decode kernel (the same as FlashMLA's SM90 dense decode).
+inline constexpr int kSchedulerBlockSize = 64;     // tokens per scheduler block (a KV tile)
+inline constexpr int kSchedulerFixedOverhead = 5;  // cost of one piece, in blocks
+
+struct MlaMetadataArgs {
+  TensorView cache_seqlens;            // (b,) int32, contiguous: KV tokens of each request
+  int num_sm_parts = 0;                // >= 1; mla_num_sm_parts() gives the CPU's number
+  TensorView tile_scheduler_metadata;  // (num_sm_parts, 8) int32, contiguous; written
+  TensorView num_splits;               // (b + 1,) int32, contiguous; written
+};
+
+// Computes the split-KV schedule (records of §5.2 by the algorithm of §5.3). Compute it once per
+// decoding step; every layer of the step reuses it.
+void get_mla_metadata(const MlaMetadataArgs& args);
+
+// ---------------------------------------------------------------------------------------------
+// Dense MLA decode over a paged KV cache (FlashMLA's flash_mla_with_kvcache without indices).
+
+struct MlaDecodeArgs {
+  TensorView q;              // (b, s_q, h_q, 576) bf16 | fp16; last dim contiguous
+  TensorView k_cache;        // (num_blocks, page_block_size, h_kv, 576), q's dtype; last dim
+                             // contiguous. V is the first head_dim_v channels of K.
+  TensorView block_table;    // (b, max_blocks_per_seq) int32; last dim contiguous
+  TensorView cache_seqlens;  // (b,) int32
+  int head_dim_v = 512;      // must be 512
+  std::optional<float> softmax_scale;  // finite; default 1/sqrt(576)
+  bool causal = false;       // bottom-right aligned; ignored when s_q == 1
+  // Optional schedule from get_mla_metadata (both or neither); computed per call when absent.
+  TensorView tile_scheduler_metadata;  // (num_sm_parts, 8) int32, contiguous; may be null
+  TensorView num_splits;               // (b + 1,) int32, contiguous; may be null
+  TensorView out;            // (b, s_q, h_q, 512), q's dtype; written
+  TensorView lse;            // (b, h_q, s_q) fp32, natural log; written
+};
+
+void flash_mla_with_kvcache(const MlaDecodeArgs& args, const Context& ctx = {});
+
+// Empty when the call would run; otherwise the message of the Error it would throw.
+std::optional<std::string> flash_mla_with_kvcache_can_run(const MlaDecodeArgs& args,
+                                                          const Context& ctx = {});
+
+// ---------------------------------------------------------------------------------------------
+// Combine of split-KV pieces (reference §5.6). Rows of requests with a single piece are left
+// untouched (the decode kernel wrote them); any number of pieces per request is supported.
+
+struct MlaCombineArgs {
+  TensorView lse_accum;   // (num_slots, s_q, h_q) fp32, log2 units; -inf for an empty piece
+  TensorView o_accum;     // (num_slots, s_q, h_q, d_v) fp32, each piece normalised
+  TensorView num_splits;  // (b + 1,) int32: exclusive prefix sum of pieces per request
+  TensorView attn_sink;   // optional (h_q,) fp32, natural units; may be null
+  TensorView out;         // (b, s_q, h_q, d_v) bf16 | fp16 | fp32; written
+  TensorView lse;         // (b, h_q, s_q) fp32, natural log, without the sink; written
+};
+
+void mla_combine(const MlaCombineArgs& args, const Context& ctx = {});
+
+}  // namespace flashmla

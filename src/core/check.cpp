@@ -1,0 +1,127 @@
+#include "core/check.h"
+
+#include <algorithm>
+#include <array>
+#include <utility>
+#include <sstream>
+
+namespace flashmla::core {
+
+std::string dtype_list(std::initializer_list<DType> allowed) {
+  std::string s;
+  size_t i = 0;
+  for (DType d : allowed) {
+    if (i) s += (i + 1 == allowed.size()) ? " or " : ", ";
+    s += dtype_name(d);
+    ++i;
+  }
+  return s;
+}
+
+void Checker::fail(ErrorKind kind, const std::string& argument, const std::string& expected,
+                   const std::string& got) const {
+  throw Error(kind, function_, argument, expected, got);
+}
+
+void Checker::present(const TensorView& t, const char* arg) const {
+  if (t.rank < 0 || t.rank > kMaxRank) {
+    fail(ErrorKind::value, arg, "a rank between 0 and " + std::to_string(kMaxRank),
+         "rank " + std::to_string(t.rank));
+  }
+  for (int d = 0; d < t.rank; ++d) {
+    if (t.shape[d] < 0) fail(ErrorKind::value, arg, "non-negative sizes", t.shape_string());
+  }
+  if (t.data == nullptr && t.numel() > 0) {
+    fail(ErrorKind::value, arg, "a non-null data pointer", "null");
+  }
+  if (t.device != Device::cpu) {
+    fail(ErrorKind::unsupported, arg, "a CPU tensor (this build has the CPU backend only)",
+         "a CUDA tensor");
+  }
+}
+
+void Checker::dtype(const TensorView& t, const char* arg,
+                    std::initializer_list<DType> allowed) const {
+  if (std::find(allowed.begin(), allowed.end(), t.dtype) == allowed.end()) {
+    fail(ErrorKind::type, arg, "dtype " + dtype_list(allowed), dtype_name(t.dtype));
+  }
+}
+
+void Checker::rank(const TensorView& t, const char* arg, int expected) const {
+  if (t.rank != expected) {
+    fail(ErrorKind::value, arg, std::to_string(expected) + " dimensions",
+         std::to_string(t.rank) + " dimensions with shape " + t.shape_string());
+  }
+}
+
+void Checker::shape(const TensorView& t, const char* arg,
+                    std::initializer_list<int64_t> expected) const {
+  rank(t, arg, static_cast<int>(expected.size()));
+  int d = 0;
+  bool ok = true;
+  for (int64_t e : expected) {
+    if (e != kAnySize && t.shape[d] != e) ok = false;
+    ++d;
+  }
+  if (!ok) {
+    std::ostringstream os;
+    os << "shape (";
+    d = 0;
+    for (int64_t e : expected) {
+      os << (d++ ? ", " : "");
+      if (e == kAnySize) os << '*'; else os << e;
+    }
+    os << (expected.size() == 1 ? ",)" : ")");
+    fail(ErrorKind::value, arg, os.str(), t.shape_string());
+  }
+}
+
+void Checker::last_dim_contiguous(const TensorView& t, const char* arg) const {
+  if (t.rank > 0 && t.shape[t.rank - 1] > 1 && t.strides[t.rank - 1] != 1) {
+    fail(ErrorKind::value, arg, "a contiguous last dimension (stride 1)",
+         "strides " + t.strides_string());
+  }
+}
+
+void Checker::contiguous(const TensorView& t, const char* arg) const {
+  if (!t.is_contiguous()) {
+    fail(ErrorKind::value, arg, "a contiguous tensor", "strides " + t.strides_string() +
+                                                          " for shape " + t.shape_string());
+  }
+}
+
+void Checker::non_overlapping(const TensorView& t, const char* arg) const {
+  // Sort the dimensions of size > 1 by stride; each stride must reach past the whole extent
+  // of the dimensions with smaller strides.
+  std::array<int, kMaxRank> dims{};
+  int n = 0;
+  for (int d = 0; d < t.rank; ++d) {
+    if (t.shape[d] > 1) dims[n++] = d;
+  }
+  for (int i = 1; i < n; ++i) {  // insertion sort: at most kMaxRank entries
+    for (int j = i; j > 0 && t.strides[dims[j]] < t.strides[dims[j - 1]]; --j) {
+      std::swap(dims[j], dims[j - 1]);
+    }
+  }
+  int64_t extent = 1;  // elements spanned by the dimensions seen so far
+  for (int i = 0; i < n; ++i) {
+    int64_t s = t.strides[dims[i]];
+    if (s < extent) {
+      fail(ErrorKind::value, arg, "a writable layout with no overlapping elements",
+           "strides " + t.strides_string() + " for shape " + t.shape_string());
+    }
+    extent = s * (t.shape[dims[i]] - 1) + extent;
+  }
+}
+
+void Checker::tensor(const TensorView& t, const char* arg, std::initializer_list<DType> allowed,
+                     std::initializer_list<int64_t> expected_shape,
+                     bool require_last_dim_contiguous) const {
+  present(t, arg);
+  rank(t, arg, static_cast<int>(expected_shape.size()));
+  dtype(t, arg, allowed);
+  shape(t, arg, expected_shape);
+  if (require_last_dim_contiguous) last_dim_contiguous(t, arg);
+}
+
+}  // namespace flashmla::core

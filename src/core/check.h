@@ -1,0 +1,46 @@
+// Argument validation shared by every host API function. Each check throws flashmla::Error
+// naming the function, the argument, what was expected and what was given.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "flashmla/error.h"
+#include "flashmla/tensor.h"
+
+namespace flashmla::core {
+
+inline constexpr int64_t kAnySize = -1;  // wildcard in Checker::shape
+
+class Checker {
+ public:
+  explicit Checker(const char* function) : function_(function) {}
+
+  [[noreturn]] void fail(ErrorKind kind, const std::string& argument, const std::string& expected,
+                         const std::string& got) const;
+
+  // The view is usable at all: non-null data (unless the tensor is empty), a rank in
+  // [0, kMaxRank], non-negative sizes, a CPU pointer.
+  void present(const TensorView& t, const char* arg) const;
+  void dtype(const TensorView& t, const char* arg, std::initializer_list<DType> allowed) const;
+  void rank(const TensorView& t, const char* arg, int expected) const;
+  // Rank and every size; kAnySize matches any size.
+  void shape(const TensorView& t, const char* arg, std::initializer_list<int64_t> expected) const;
+  void last_dim_contiguous(const TensorView& t, const char* arg) const;
+  void contiguous(const TensorView& t, const char* arg) const;
+  // For outputs: no two elements share an address (no zero or overlapping strides).
+  void non_overlapping(const TensorView& t, const char* arg) const;
+  // A whole tensor check in one: present + dtype + shape (+ last-dim contiguity).
+  void tensor(const TensorView& t, const char* arg, std::initializer_list<DType> allowed,
+              std::initializer_list<int64_t> expected_shape, bool last_dim_contiguous) const;
+
+  const char* function() const { return function_; }
+
+ private:
+  const char* function_;
+};
+
+std::string dtype_list(std::initializer_list<DType> allowed);
+
+}  // namespace flashmla::core

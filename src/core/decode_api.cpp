@@ -1,0 +1,219 @@
+// flash_mla_with_kvcache (dense): arguments -> validated params -> CPU kernel.
+#include <cmath>
+#include <span>
+#include <vector>
+
+#include "core/check.h"
+#include "core/decode_params.h"
+#include "core/scheduler.h"
+#include "cpu/decode/dense_decode.h"
+#include "flashmla/flashmla.h"
+
+namespace flashmla {
+namespace {
+
+constexpr const char* kFn = "flash_mla_with_kvcache";
+constexpr int64_t kDqk = 576;
+constexpr int64_t kDv = 512;
+
+std::string at(const char* name, std::initializer_list<int64_t> idx) {
+  std::string s = name;
+  for (int64_t i : idx) s += "[" + std::to_string(i) + "]";
+  return s;
+}
+
+// Checks everything and fills params (except the schedule and the accumulators).
+core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
+  core::Checker c(kFn);
+  if (ctx.num_threads < 0) {
+    c.fail(ErrorKind::value, "ctx.num_threads", ">= 0 (0 = default)",
+           std::to_string(ctx.num_threads));
+  }
+  // q fixes batch, q_len, num_heads_q and the dtype.
+  c.present(a.q, "q");
+  c.rank(a.q, "q", 4);
+  c.dtype(a.q, "q", {DType::bf16, DType::fp16});
+  const int64_t b = a.q.size(0), s_q = a.q.size(1), h_q = a.q.size(2);
+  if (b < 1 || s_q < 1 || h_q < 1) {
+    c.fail(ErrorKind::value, "q", "shape (batch >= 1, q_len >= 1, num_heads_q >= 1, 576)",
+           a.q.shape_string());
+  }
+  c.shape(a.q, "q", {b, s_q, h_q, kDqk});
+  c.last_dim_contiguous(a.q, "q");
+
+  c.present(a.k_cache, "k_cache");
+  c.rank(a.k_cache, "k_cache", 4);
+  c.dtype(a.k_cache, "k_cache", {a.q.dtype});
+  const int64_t num_blocks = a.k_cache.size(0), page = a.k_cache.size(1),
+                h_kv = a.k_cache.size(2);
+  if (page < 1 || h_kv < 1) {
+    c.fail(ErrorKind::value, "k_cache",
+           "shape (num_blocks, page_block_size >= 1, num_heads_kv >= 1, 576)",
+           a.k_cache.shape_string());
+  }
+  c.shape(a.k_cache, "k_cache", {num_blocks, page, h_kv, kDqk});
+  c.last_dim_contiguous(a.k_cache, "k_cache");
+  if (h_q % h_kv != 0) {
+    c.fail(ErrorKind::value, "k_cache",
+           "num_heads_kv (dim 2) dividing num_heads_q = " + std::to_string(h_q),
+           "num_heads_kv = " + std::to_string(h_kv));
+  }
+  if (a.head_dim_v != kDv) {
+    c.fail(ErrorKind::value, "head_dim_v", "512", std::to_string(a.head_dim_v));
+  }
+
+  c.tensor(a.cache_seqlens, "cache_seqlens", {DType::int32}, {b}, true);
+  c.present(a.block_table, "block_table");
+  c.rank(a.block_table, "block_table", 2);
+  c.dtype(a.block_table, "block_table", {DType::int32});
+  const int64_t max_blocks = a.block_table.size(1);
+  c.shape(a.block_table, "block_table", {b, max_blocks});
+  c.last_dim_contiguous(a.block_table, "block_table");
+
+  float scale = 1.0f / std::sqrt(static_cast<float>(kDqk));
+  if (a.softmax_scale) {
+    if (!std::isfinite(*a.softmax_scale)) {
+      c.fail(ErrorKind::value, "softmax_scale", "a finite number",
+             std::to_string(*a.softmax_scale));
+    }
+    scale = *a.softmax_scale;
+  }
+
+  // Lengths, and every block-table entry that will be read.
+  const auto* seqlens = a.cache_seqlens.ptr<const int32_t>();
+  const auto* table = a.block_table.ptr<const int32_t>();
+  const int64_t bt_stride = a.block_table.stride(0);
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t len = seqlens[i];
+    if (len < 0 || len > max_blocks * page) {
+      c.fail(ErrorKind::value, "cache_seqlens",
+             "lengths in [0, " + std::to_string(max_blocks * page) +
+                 "] (block_table columns x page_block_size)",
+             at("cache_seqlens", {i}) + " = " + std::to_string(len));
+    }
+    const int64_t used = (len + page - 1) / page;
+    for (int64_t j = 0; j < used; ++j) {
+      const int32_t blk = table[i * bt_stride + j];
+      if (blk < 0 || blk >= num_blocks) {
+        c.fail(ErrorKind::value, "block_table",
+               "block ids in [0, " + std::to_string(num_blocks) + ") for the " +
+                   std::to_string(used) + " blocks request " + std::to_string(i) + " reads",
+               at("block_table", {i, j}) + " = " + std::to_string(blk));
+      }
+    }
+  }
+
+  c.present(a.out, "out");
+  c.rank(a.out, "out", 4);
+  c.dtype(a.out, "out", {a.q.dtype});
+  c.shape(a.out, "out", {b, s_q, h_q, kDv});
+  c.last_dim_contiguous(a.out, "out");
+  c.non_overlapping(a.out, "out");
+  c.tensor(a.lse, "lse", {DType::fp32}, {b, h_q, s_q}, false);
+  c.non_overlapping(a.lse, "lse");
+
+  core::DenseDecodeParams p{
+      .batch = b, .q_len = s_q, .num_heads_q = h_q, .num_heads_kv = h_kv,
+      .d_qk = kDqk, .d_v = kDv, .page_block_size = page, .num_blocks = num_blocks,
+      .dtype = a.q.dtype,
+      .scale_log2 = scale * static_cast<float>(M_LOG2E),
+      .causal = a.causal && s_q > 1,
+      .q = a.q.data,
+      .q_stride = {a.q.stride(0), a.q.stride(1), a.q.stride(2)},
+      .k_cache = a.k_cache.data,
+      .k_stride = {a.k_cache.stride(0), a.k_cache.stride(1), a.k_cache.stride(2)},
+      .block_table = table, .block_table_stride = bt_stride,
+      .cache_seqlens = seqlens,
+      .out = a.out.data,
+      .out_stride = {a.out.stride(0), a.out.stride(1), a.out.stride(2)},
+      .lse = a.lse.ptr<float>(),
+      .lse_stride = {a.lse.stride(0), a.lse.stride(1), a.lse.stride(2)},
+      .num_threads = resolved_num_threads(ctx),
+  };
+  return p;
+}
+
+// The caller's schedule, checked against the lengths; or a fresh one in `storage`.
+void attach_schedule(const MlaDecodeArgs& a, core::DenseDecodeParams& p,
+                     std::vector<core::SchedRecord>& storage, std::vector<int32_t>& splits) {
+  core::Checker c(kFn);
+  std::span<const int32_t> seqlens(p.cache_seqlens, p.batch);
+  const bool has_meta = a.tile_scheduler_metadata.defined(), has_splits = a.num_splits.defined();
+  if (has_meta != has_splits) {
+    c.fail(ErrorKind::value, has_meta ? "num_splits" : "tile_scheduler_metadata",
+           "to be given together with " +
+               std::string(has_meta ? "tile_scheduler_metadata" : "num_splits"),
+           "null");
+  }
+  if (!has_meta) {
+    const int parts = p.num_threads;
+    storage.resize(parts);
+    splits.resize(p.batch + 1);
+    core::schedule_split_kv(seqlens, kSchedulerBlockSize, kSchedulerFixedOverhead, parts,
+                            storage.data(), splits.data());
+    p.sched = storage.data();
+    p.num_parts = parts;
+    p.num_splits = splits.data();
+    return;
+  }
+  const TensorView& m = a.tile_scheduler_metadata;
+  c.present(m, "tile_scheduler_metadata");
+  c.dtype(m, "tile_scheduler_metadata", {DType::int32});
+  c.rank(m, "tile_scheduler_metadata", 2);
+  if (m.size(0) < 1 || m.size(0) > (1 << 20)) {
+    c.fail(ErrorKind::value, "tile_scheduler_metadata", "shape (num_sm_parts in [1, 2^20], 8)",
+           m.shape_string());
+  }
+  c.shape(m, "tile_scheduler_metadata", {m.size(0), core::kSchedRecordInts});
+  c.contiguous(m, "tile_scheduler_metadata");
+  c.tensor(a.num_splits, "num_splits", {DType::int32}, {p.batch + 1}, true);
+  std::span<const core::SchedRecord> records(m.ptr<const core::SchedRecord>(), m.size(0));
+  std::span<const int32_t> given_splits(a.num_splits.ptr<const int32_t>(), p.batch + 1);
+  if (std::string why = core::schedule_mismatch(seqlens, kSchedulerBlockSize,
+                                                kSchedulerFixedOverhead, records, given_splits);
+      !why.empty()) {
+    c.fail(ErrorKind::value, "tile_scheduler_metadata",
+           "the schedule get_mla_metadata computes for these cache_seqlens with " +
+               std::to_string(records.size()) + " parts",
+           "a different one (" + why + ")");
+  }
+  p.sched = records.data();
+  p.num_parts = static_cast<int>(records.size());
+  p.num_splits = given_splits.data();
+}
+
+}  // namespace
+
+void flash_mla_with_kvcache(const MlaDecodeArgs& args, const Context& ctx) {
+  core::DenseDecodeParams p = validate(args, ctx);
+  std::vector<core::SchedRecord> sched_storage;
+  std::vector<int32_t> splits_storage;
+  attach_schedule(args, p, sched_storage, splits_storage);
+
+  // Accumulators for split pieces: slots [0, num_splits[b]).
+  std::vector<float> lse_accum, o_accum;
+  const int64_t num_slots = p.num_splits[p.batch];
+  if (num_slots > p.batch) {
+    const int64_t rows = num_slots * p.q_len * p.num_heads_q;
+    lse_accum.resize(rows);
+    o_accum.resize(rows * p.d_v);
+    p.lse_accum = lse_accum.data();
+    p.o_accum = o_accum.data();
+  }
+  cpu::decode::run_dense_decode(p);
+}
+
+std::optional<std::string> flash_mla_with_kvcache_can_run(const MlaDecodeArgs& args,
+                                                          const Context& ctx) {
+  try {
+    core::DenseDecodeParams p = validate(args, ctx);
+    std::vector<core::SchedRecord> sched_storage;
+    std::vector<int32_t> splits_storage;
+    attach_schedule(args, p, sched_storage, splits_storage);
+  } catch (const Error& e) {
+    return std::string(e.what());
+  }
+  return std::nullopt;
+}
+
+}  // namespace flashmla

@@ -1,0 +1,27 @@
+// to_string of the params structs: for error messages, test names and benchmark rows.
+#include <sstream>
+
+#include "core/combine_params.h"
+#include "core/decode_params.h"
+
+namespace flashmla::core {
+
+std::string DenseDecodeParams::to_string() const {
+  std::ostringstream os;
+  os << "dense_decode{batch=" << batch << ", q_len=" << q_len << ", num_heads_q=" << num_heads_q
+     << ", num_heads_kv=" << num_heads_kv << ", d_qk=" << d_qk << ", d_v=" << d_v
+     << ", page_block_size=" << page_block_size << ", num_blocks=" << num_blocks
+     << ", dtype=" << dtype_name(dtype) << ", causal=" << causal << ", num_parts=" << num_parts
+     << ", threads=" << num_threads << "}";
+  return os.str();
+}
+
+std::string CombineParams::to_string() const {
+  std::ostringstream os;
+  os << "combine{batch=" << batch << ", q_len=" << q_len << ", num_heads_q=" << num_heads_q
+     << ", d_v=" << d_v << ", sink=" << (attn_sink != nullptr)
+     << ", out_dtype=" << dtype_name(out_dtype) << ", threads=" << num_threads << "}";
+  return os.str();
+}
+
+}  // namespace flashmla::core

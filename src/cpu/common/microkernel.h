@@ -1,0 +1,40 @@
+// The matrix-product seam of the CPU attention kernels. The kernel drivers (gather, online
+// softmax, scheduling, epilogue) are written once; the two products and the packing of their
+// operands go through this table, so ISA-specific microkernels (AMX, AVX-512) plug in without
+// touching the drivers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "flashmla/tensor.h"
+
+namespace flashmla::cpu {
+
+inline constexpr int kKvTile = 64;  // tokens per KV tile (= the scheduler's block)
+
+struct AttnMicrokernel {
+  const char* name;  // "portable", ...
+
+  // Scratch sizes for m query rows / one KV tile of kKvTile tokens.
+  size_t (*packed_q_bytes)(int m, int d_qk);
+  size_t (*packed_k_bytes)(int d_qk);
+  size_t (*packed_v_bytes)(int d_v);
+
+  // Packs m query rows (row i starts at rows[i], `dtype` elements, d_qk of them).
+  void (*pack_q)(const void* const* rows, int m, DType dtype, int d_qk, void* packed_q);
+  // Packs n <= kKvTile tokens (token j starts at tokens[j]) once for both products: K over
+  // d_qk channels and V = the first d_v channels. Slots n..kKvTile-1 are zero-filled so that
+  // they never carry NaN into the products.
+  void (*pack_kv)(const void* const* tokens, int n, DType dtype, int d_qk, int d_v,
+                  void* packed_k, void* packed_v);
+  // s[i * kKvTile + j] = scale * <q_i, k_j> for i < m, j < kKvTile.
+  void (*qk)(const void* packed_q, int m, const void* packed_k, int d_qk, float scale, float* s);
+  // o[i * d_v + c] += sum_{j < n} p[i * kKvTile + j] * v_j[c] for i < m.
+  void (*pv)(const float* p, int m, int n, const void* packed_v, int d_v, float* o);
+};
+
+// The portable microkernel: fp32 operands, plain loops that any compiler vectorises.
+const AttnMicrokernel& portable_microkernel();
+
+}  // namespace flashmla::cpu

@@ -1,0 +1,198 @@
+// Dense MLA decode on the CPU. Each part of the split-KV schedule is one task: for every
+// (request, KV head, tile of query rows) in its range it walks the 64-token KV tiles, gathers
+// each tile once through the block table, packs it for both products, computes the scores of
+// all query rows of that KV head at once, updates the online softmax (log2 domain) and
+// accumulates P·V. Unsplit requests are finalised in place; pieces of split requests go to the
+// accumulators and are merged by the combine.
+#include "cpu/decode/dense_decode.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/common/microkernel.h"
+#include "cpu/decode/combine.h"
+#include "cpu/decode/store.h"
+
+namespace flashmla::cpu::decode {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int kMaxRowTile = 128;  // query rows processed against one gathered KV tile
+
+// Per-thread buffers, sized once per call.
+struct Scratch {
+  std::vector<unsigned char> q, k, v;
+  std::vector<float> s, o, m, l;
+  std::vector<const void*> rows, tokens;
+
+  Scratch(const AttnMicrokernel& mk, int row_tile, int d_qk, int d_v)
+      : q(mk.packed_q_bytes(row_tile, d_qk)), k(mk.packed_k_bytes(d_qk)),
+        v(mk.packed_v_bytes(d_v)), s(static_cast<size_t>(row_tile) * kKvTile),
+        o(static_cast<size_t>(row_tile) * d_v), m(row_tile), l(row_tile), rows(row_tile),
+        tokens(kKvTile) {}
+};
+
+// One piece of work: query rows [row0, row0 + nrows) of KV head `kv_head` of request `req`,
+// against tokens [tok0, tok1). Row i of a KV head is (token i / hpk, head kv_head*hpk + i % hpk).
+struct Piece {
+  int64_t req, kv_head, row0, nrows, tok0, tok1;
+  bool split;    // write to accumulator `slot` instead of out/lse
+  int64_t slot;
+};
+
+class DenseDecodeDriver {
+ public:
+  DenseDecodeDriver(const core::DenseDecodeParams& p, const AttnMicrokernel& mk)
+      : p_(p), mk_(mk), hpk_(p.num_heads_q / p.num_heads_kv), elem_(dtype_size(p.dtype)) {}
+
+  int row_tile() const { return static_cast<int>(std::min<int64_t>(rows_per_kv(), kMaxRowTile)); }
+  int64_t rows_per_kv() const { return p_.q_len * hpk_; }
+
+  void run_part(int part, Scratch& sc) const {
+    const core::SchedRecord& rec = p_.sched[part];
+    for (int64_t r = rec.begin_req_idx; r <= rec.end_req_idx && r < p_.batch; ++r) {
+      const int64_t seqlen = p_.cache_seqlens[r];
+      const bool is_begin = r == rec.begin_req_idx, is_end = r == rec.end_req_idx;
+      const int64_t blk0 = is_begin ? rec.begin_block_idx : 0;
+      const int64_t blk1 = is_end ? rec.end_block_idx : core::sched_num_blocks(seqlen, kKvTile);
+      bool split = false;
+      if (is_begin) split = rec.is_first_req_splitted != 0;
+      else if (is_end) split = rec.is_last_req_splitted != 0;
+      const int64_t slot = p_.num_splits[r] + (is_begin ? rec.begin_split_idx : 0);
+      const int64_t tok0 = std::min(blk0 * kKvTile, seqlen);
+      const int64_t tok1 = std::min(blk1 * kKvTile, seqlen);
+      for (int64_t g = 0; g < p_.num_heads_kv; ++g) {
+        for (int64_t row0 = 0; row0 < rows_per_kv(); row0 += row_tile()) {
+          const int64_t nrows = std::min<int64_t>(row_tile(), rows_per_kv() - row0);
+          run_piece({r, g, row0, nrows, tok0, tok1, split, slot}, sc);
+        }
+      }
+    }
+  }
+
+ private:
+  int64_t head_of(const Piece& pc, int64_t i) const { return pc.kv_head * hpk_ + (pc.row0 + i) % hpk_; }
+  int64_t token_of(const Piece& pc, int64_t i) const { return (pc.row0 + i) / hpk_; }
+
+  const void* token_ptr(int64_t req, int64_t kv_head, int64_t t) const {
+    const int64_t blk = p_.block_table[req * p_.block_table_stride + t / p_.page_block_size];
+    const int64_t off = blk * p_.k_stride[0] + (t % p_.page_block_size) * p_.k_stride[1] +
+                        kv_head * p_.k_stride[2];
+    return static_cast<const char*>(p_.k_cache) + off * static_cast<int64_t>(elem_);
+  }
+
+  void run_piece(const Piece& pc, Scratch& sc) const {
+    const int m = static_cast<int>(pc.nrows);
+    const int d_qk = static_cast<int>(p_.d_qk), d_v = static_cast<int>(p_.d_v);
+    for (int i = 0; i < m; ++i) {
+      const int64_t off = pc.req * p_.q_stride[0] + token_of(pc, i) * p_.q_stride[1] +
+                          head_of(pc, i) * p_.q_stride[2];
+      sc.rows[i] = static_cast<const char*>(p_.q) + off * static_cast<int64_t>(elem_);
+    }
+    mk_.pack_q(sc.rows.data(), m, p_.dtype, d_qk, sc.q.data());
+    std::fill(sc.m.begin(), sc.m.begin() + m, -kInf);
+    std::fill(sc.l.begin(), sc.l.begin() + m, 0.0f);
+    std::fill(sc.o.begin(), sc.o.begin() + static_cast<size_t>(m) * d_v, 0.0f);
+
+    const int64_t seqlen = p_.cache_seqlens[pc.req];
+    for (int64_t t0 = pc.tok0; t0 < pc.tok1; t0 += kKvTile) {
+      const int n = static_cast<int>(std::min<int64_t>(kKvTile, pc.tok1 - t0));
+      for (int j = 0; j < n; ++j) sc.tokens[j] = token_ptr(pc.req, pc.kv_head, t0 + j);
+      mk_.pack_kv(sc.tokens.data(), n, p_.dtype, d_qk, d_v, sc.k.data(), sc.v.data());
+      mk_.qk(sc.q.data(), m, sc.k.data(), d_qk, p_.scale_log2, sc.s.data());
+      for (int i = 0; i < m; ++i) {
+        // Keys visible to this row in the tile: causal hides the last q_len-1-s tokens.
+        int64_t visible = n;
+        if (p_.causal) {
+          const int64_t last = seqlen - p_.q_len + token_of(pc, i);  // last visible position
+          visible = std::clamp<int64_t>(last - t0 + 1, 0, n);
+        }
+        softmax_update(sc.s.data() + static_cast<size_t>(i) * kKvTile, static_cast<int>(visible),
+                       sc.m[i], sc.l[i], sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
+      }
+      mk_.pv(sc.s.data(), m, n, sc.v.data(), d_v, sc.o.data());
+    }
+    for (int i = 0; i < m; ++i) finish_row(pc, i, sc);
+  }
+
+  // Online softmax on one row of scores (log2 units): scores[j] for j < visible count; the rest
+  // of the tile becomes probability 0. Rescales the running output o and sum l.
+  static void softmax_update(float* scores, int visible, float& m, float& l, float* o, int d_v) {
+    float tile_max = -kInf;
+    for (int j = 0; j < visible; ++j) tile_max = std::max(tile_max, scores[j]);
+    const float m_new = std::max(m, tile_max);
+    if (m_new == -kInf) {  // nothing visible yet
+      std::fill(scores, scores + kKvTile, 0.0f);
+      return;
+    }
+    const float alpha = std::exp2(m - m_new);  // 0 when m was -inf
+    float sum = 0.0f;
+    for (int j = 0; j < visible; ++j) {
+      scores[j] = std::exp2(scores[j] - m_new);
+      sum += scores[j];
+    }
+    std::fill(scores + visible, scores + kKvTile, 0.0f);
+    l = l * alpha + sum;
+    if (alpha != 1.0f) {
+      for (int c = 0; c < d_v; ++c) o[c] *= alpha;
+    }
+    m = m_new;
+  }
+
+  void finish_row(const Piece& pc, int i, const Scratch& sc) const {
+    const int64_t s = token_of(pc, i), h = head_of(pc, i);
+    const float l = sc.l[i], m = sc.m[i];
+    const float* o = sc.o.data() + static_cast<size_t>(i) * p_.d_v;
+    const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;  // empty row: out 0
+    if (!pc.split) {
+      const int64_t off = pc.req * p_.out_stride[0] + s * p_.out_stride[1] + h * p_.out_stride[2];
+      store_row(o, inv_l, p_.d_v, p_.dtype,
+                static_cast<char*>(p_.out) + off * static_cast<int64_t>(elem_));
+      p_.lse[pc.req * p_.lse_stride[0] + h * p_.lse_stride[1] + s * p_.lse_stride[2]] =
+          l > 0.0f ? (m + std::log2(l)) * static_cast<float>(M_LN2) : kInf;
+    } else {
+      const int64_t row = (pc.slot * p_.q_len + s) * p_.num_heads_q + h;
+      store_row(o, inv_l, p_.d_v, DType::fp32, p_.o_accum + row * p_.d_v);
+      p_.lse_accum[row] = l > 0.0f ? m + std::log2(l) : -kInf;
+    }
+  }
+
+  const core::DenseDecodeParams& p_;
+  const AttnMicrokernel& mk_;
+  const int64_t hpk_;
+  const size_t elem_;
+};
+
+}  // namespace
+
+void run_dense_decode(const core::DenseDecodeParams& p) {
+  const AttnMicrokernel& mk = portable_microkernel();
+  const DenseDecodeDriver driver(p, mk);
+#pragma omp parallel num_threads(p.num_threads)
+  {
+    Scratch scratch(mk, driver.row_tile(), static_cast<int>(p.d_qk), static_cast<int>(p.d_v));
+#pragma omp for schedule(dynamic, 1)
+    for (int part = 0; part < p.num_parts; ++part) driver.run_part(part, scratch);
+  }
+  if (p.num_splits[p.batch] == p.batch) return;  // no request was split
+  const int64_t slot_rows = p.q_len * p.num_heads_q;
+  run_combine({
+      .batch = p.batch, .q_len = p.q_len, .num_heads_q = p.num_heads_q, .d_v = p.d_v,
+      .lse_accum = p.lse_accum,
+      .lse_accum_stride = {slot_rows, p.num_heads_q, 1},
+      .o_accum = p.o_accum,
+      .o_accum_stride = {slot_rows * p.d_v, p.num_heads_q * p.d_v, p.d_v},
+      .num_splits = p.num_splits,
+      .attn_sink = nullptr,
+      .out_dtype = p.dtype,
+      .out = p.out,
+      .out_stride = {p.out_stride[0], p.out_stride[1], p.out_stride[2]},
+      .lse = p.lse,
+      .lse_stride = {p.lse_stride[0], p.lse_stride[1], p.lse_stride[2]},
+      .num_threads = p.num_threads,
+  });
+}
+
+}  // namespace flashmla::cpu::decode
