@@ -1,0 +1,18 @@
+// Reference implementations: plain C++, accumulating in double, written for clarity rather than
+// speed. They define the numbers the kernels are tested against; the edge-case rules they follow
+// are those of docs/conventions.md. Arguments are assumed valid (the tests and tools build them).
+#pragma once
+
+#include "flashmla/flashmla.h"
+
+namespace flashmla::ref {
+
+// Dense MLA decode (reference §3.1-3.2): writes args.out (rounded once to its dtype) and
+// args.lse. Tokens at or past cache_seqlens[i] are never read; empty rows give out 0, lse +inf.
+// args.tile_scheduler_metadata / num_splits are ignored.
+void dense_decode(const MlaDecodeArgs& args);
+
+// Combine of split pieces (reference §5.6), in double: same contract as flashmla::mla_combine.
+void combine(const MlaCombineArgs& args);
+
+}  // namespace flashmla::ref

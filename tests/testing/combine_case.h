@@ -1,0 +1,43 @@
+// Random inputs for the split-KV combine (reference §5.6): piece LSEs in log2 units with some
+// empty (-inf) pieces and whole empty requests, normalised piece outputs, an optional sink with
+// ±inf entries, and NaN-prefilled outputs (rows of requests with <= 1 piece must stay NaN).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "flashmla/flashmla.h"
+#include "testing/host_tensor.h"
+
+namespace flashmla::testing {
+
+struct CombineCase {
+  int64_t q_len = 1, num_heads_q = 1, head_dim_v = 512;
+  std::vector<int> pieces;  // pieces of each request (its size is the batch); 0 and 1 allowed
+  bool sink = false;        // with attn_sink
+  DType out_dtype = DType::bf16;
+  uint64_t seed = 0;
+
+  int64_t batch() const { return static_cast<int64_t>(pieces.size()); }
+  // A GoogleTest-friendly name, e.g. "b3_sq2_hq8_dv512_n1_2_5_sink_bf16_s0".
+  std::string name() const;
+};
+
+struct CombineData {
+  HostTensor num_splits;  // (b + 1,) int32
+  HostTensor lse_accum;   // (num_slots, s_q, h_q) fp32, log2 units
+  HostTensor o_accum;     // (num_slots, s_q, h_q, d_v) fp32; 0 for empty pieces
+  HostTensor attn_sink;   // (h_q,) fp32; unallocated (null view) without a sink
+  HostTensor out;         // (b, s_q, h_q, d_v) out_dtype, NaN until written
+  HostTensor lse;         // (b, h_q, s_q) fp32, NaN until written
+
+  MlaCombineArgs args() const;
+};
+
+// Deterministic in c.seed. Each piece row is empty (-inf) with probability 1/8, each request
+// with >= 2 pieces is entirely empty with probability 1/4 (the last such request always is, when
+// there are two or more), and each sink entry is -inf or +inf with probability about 1/8 each.
+CombineData make_combine_data(const CombineCase& c);
+
+}  // namespace flashmla::testing
