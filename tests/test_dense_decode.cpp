@@ -1,0 +1,224 @@
+// Dense MLA decode on the CPU against the double-precision reference, on FlashMLA's dense-decode
+// grid (reference §6.2) sized for 2 cores, with NaN in every cache slot that must not be read,
+// permuted block tables with garbage past each sequence and FlashMLA's tolerances.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "flashmla/flashmla.h"
+#include "ref/ref.h"
+#include "testing/compare.h"
+#include "testing/decode_case.h"
+
+namespace flashmla {
+namespace {
+
+using testing::DenseDecodeCase;
+using testing::DenseDecodeData;
+using testing::HostTensor;
+
+// Runs the kernel (with `ctx` and an optional explicit number of schedule parts) and the
+// reference on the same data and compares out and lse with FlashMLA's tolerances.
+void check_against_reference(const DenseDecodeCase& cs, const Context& ctx = {},
+                             int num_sm_parts = 0, std::optional<float> scale = {}) {
+  SCOPED_TRACE(cs.name());
+  DenseDecodeData data = testing::make_dense_decode_data(cs);
+  MlaDecodeArgs args = data.args(scale);
+  std::vector<int32_t> meta, splits;
+  if (num_sm_parts > 0) {
+    meta.resize(static_cast<size_t>(num_sm_parts) * 8);
+    splits.resize(cs.batch + 1);
+    args.tile_scheduler_metadata =
+        TensorView::contiguous(meta.data(), DType::int32, {num_sm_parts, 8});
+    args.num_splits = TensorView::contiguous(splits.data(), DType::int32, {cs.batch + 1});
+    get_mla_metadata({.cache_seqlens = args.cache_seqlens, .num_sm_parts = num_sm_parts,
+                      .tile_scheduler_metadata = args.tile_scheduler_metadata,
+                      .num_splits = args.num_splits});
+  }
+  flash_mla_with_kvcache(args, ctx);
+
+  HostTensor ref_out = HostTensor::empty(cs.dtype, {cs.batch, cs.q_len, cs.num_heads_q, 512});
+  HostTensor ref_lse = HostTensor::empty(DType::fp32, {cs.batch, cs.num_heads_q, cs.q_len});
+  MlaDecodeArgs ref_args = args;
+  ref_args.out = ref_out.view();
+  ref_args.lse = ref_lse.view();
+  ref::dense_decode(ref_args);
+
+  const auto out = testing::check_is_allclose("out", data.out.view(), ref_out.view(), 8e-4,
+                                              2.01 / 128, 5e-6);
+  EXPECT_TRUE(out.ok) << out.message;
+  const auto lse = testing::check_is_allclose("lse", data.lse.view(), ref_lse.view(), 1e-6,
+                                              8.01 / 65536);
+  EXPECT_TRUE(lse.ok) << lse.message;
+}
+
+class DenseDecodeGrid : public ::testing::TestWithParam<DenseDecodeCase> {};
+
+TEST_P(DenseDecodeGrid, MatchesReference) { check_against_reference(GetParam()); }
+
+std::string case_name(const ::testing::TestParamInfo<DenseDecodeCase>& info) {
+  return info.param.name();
+}
+
+// (h_q, h_kv) pairs of FlashMLA's grid: h_q in {1,3,9,63,64,126,128}, h_kv in {1,2,3,8}.
+std::vector<std::pair<int64_t, int64_t>> head_pairs() {
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  for (int64_t hq : {1, 3, 9, 63, 64, 126, 128}) {
+    for (int64_t hkv : {1, 2, 3, 8}) {
+      if (hq % hkv == 0) pairs.emplace_back(hq, hkv);
+    }
+  }
+  return pairs;
+}
+
+// Every head pair x s_q x short s_k x {varlen, causal} combination; batch, zero-length requests,
+// dtype, layout and page size rotate so that each appears across the grid.
+std::vector<DenseDecodeCase> short_grid() {
+  std::vector<DenseDecodeCase> cases;
+  uint64_t n = 0;
+  const int64_t batches[] = {1, 2, 6};
+  const int64_t pages[] = {64, 64, 1, 16, 100};
+  for (auto [hq, hkv] : head_pairs()) {
+    for (int64_t sq : {1, 2, 4}) {
+      for (int64_t sk : {20, 140}) {
+        for (int combo = 0; combo < 4; ++combo, ++n) {
+          cases.push_back({.batch = batches[n % 3], .q_len = sq, .kv_len = sk,
+                           .num_heads_q = hq, .num_heads_kv = hkv,
+                           .page_block_size = pages[n % 5],
+                           .varlen = (combo & 1) != 0, .causal = (combo & 2) != 0,
+                           .zero_lengths = n % 7 == 3, .non_contiguous = n % 3 == 1,
+                           .dtype = n % 4 == 2 ? DType::fp16 : DType::bf16, .seed = n});
+        }
+      }
+    }
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Short, DenseDecodeGrid, ::testing::ValuesIn(short_grid()), case_name);
+
+// b = 64 on short sequences.
+std::vector<DenseDecodeCase> wide_batch_grid() {
+  std::vector<DenseDecodeCase> cases;
+  uint64_t n = 1000;
+  for (auto [hq, hkv] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {9, 3}, {64, 8}, {128, 1}}) {
+    for (int64_t sq : {1, 2}) {
+      for (int64_t sk : {20, 140}) {
+        cases.push_back({.batch = 64, .q_len = sq, .kv_len = sk, .num_heads_q = hq,
+                         .num_heads_kv = hkv, .varlen = true, .causal = sq > 1,
+                         .zero_lengths = n % 2 == 0, .non_contiguous = n % 3 == 0,
+                         .seed = n++});
+      }
+    }
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(WideBatch, DenseDecodeGrid, ::testing::ValuesIn(wide_batch_grid()),
+                         case_name);
+
+// s_k = 4096 (fewer combinations) and FlashMLA's corner shape b = 128, s_q = 2, s_k = 4096 with
+// zero-length requests, at head counts that keep the double reference fast.
+std::vector<DenseDecodeCase> long_grid() {
+  std::vector<DenseDecodeCase> cases;
+  uint64_t n = 2000;
+  for (auto [hq, hkv] : std::vector<std::pair<int64_t, int64_t>>{{128, 1}, {64, 8}, {3, 3}}) {
+    for (int64_t sq : {1, 2}) {
+      cases.push_back({.batch = 2, .q_len = sq, .kv_len = 4096, .num_heads_q = hq,
+                       .num_heads_kv = hkv, .varlen = sq == 1, .causal = sq > 1,
+                       .non_contiguous = hq == 64, .seed = n++});
+    }
+  }
+  cases.push_back({.batch = 1, .q_len = 4, .kv_len = 4096, .num_heads_q = 16,
+                   .num_heads_kv = 1, .causal = true, .dtype = DType::fp16, .seed = n++});
+  for (bool causal : {false, true}) {
+    cases.push_back({.batch = 128, .q_len = 2, .kv_len = 4096, .num_heads_q = 2,
+                     .num_heads_kv = 1, .varlen = true, .causal = causal, .zero_lengths = true,
+                     .seed = n++});
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Long, DenseDecodeGrid, ::testing::ValuesIn(long_grid()), case_name);
+
+// Any schedule gives the right answer: one part, more parts than requests, many pieces per
+// request (beyond FlashMLA's 160-piece combine limit), on 1, 2 and 3 threads.
+TEST(DenseDecodeSchedule, AnyNumberOfPartsAndThreads) {
+  const DenseDecodeCase cs{.batch = 3, .q_len = 2, .kv_len = 700, .num_heads_q = 16,
+                           .num_heads_kv = 2, .varlen = true, .causal = true, .seed = 77};
+  for (int parts : {1, 2, 5, 64, 200}) {
+    for (int threads : {1, 2, 3}) {
+      SCOPED_TRACE("parts " + std::to_string(parts) + ", threads " + std::to_string(threads));
+      check_against_reference(cs, {.num_threads = threads}, parts);
+    }
+  }
+}
+
+// A fixed schedule fixes the numerics: results are bitwise identical whatever the number of
+// threads and across repeated runs.
+TEST(DenseDecodeSchedule, BitwiseDeterministicAcrossThreads) {
+  const DenseDecodeCase cs{.batch = 4, .q_len = 1, .kv_len = 900, .num_heads_q = 32,
+                           .num_heads_kv = 1, .varlen = true, .seed = 5};
+  DenseDecodeData data = testing::make_dense_decode_data(cs);
+  const int parts = 7;
+  std::vector<int32_t> meta(parts * 8), splits(cs.batch + 1);
+  MlaDecodeArgs args = data.args();
+  args.tile_scheduler_metadata = TensorView::contiguous(meta.data(), DType::int32, {parts, 8});
+  args.num_splits = TensorView::contiguous(splits.data(), DType::int32, {cs.batch + 1});
+  get_mla_metadata({.cache_seqlens = args.cache_seqlens, .num_sm_parts = parts,
+                    .tile_scheduler_metadata = args.tile_scheduler_metadata,
+                    .num_splits = args.num_splits});
+  const size_t out_bytes = data.out.numel() * 2, lse_bytes = data.lse.numel() * 4;
+  std::vector<char> first_out, first_lse;
+  for (int threads : {1, 2, 3, 2, 1}) {
+    flash_mla_with_kvcache(args, {.num_threads = threads});
+    const char* o = static_cast<const char*>(data.out.view().data);
+    const char* l = static_cast<const char*>(data.lse.view().data);
+    if (first_out.empty()) {
+      first_out.assign(o, o + out_bytes);
+      first_lse.assign(l, l + lse_bytes);
+    } else {
+      EXPECT_EQ(0, std::memcmp(first_out.data(), o, out_bytes)) << "threads " << threads;
+      EXPECT_EQ(0, std::memcmp(first_lse.data(), l, lse_bytes)) << "threads " << threads;
+    }
+  }
+}
+
+// The same logical cache in pages of any size gives the same (bitwise) result.
+TEST(DenseDecodePages, ResultIndependentOfPageSize) {
+  std::vector<std::vector<char>> outs;
+  for (int64_t page : {1, 3, 64, 256}) {
+    const DenseDecodeCase cs{.batch = 3, .q_len = 2, .kv_len = 300, .num_heads_q = 8,
+                             .num_heads_kv = 1, .page_block_size = page, .varlen = true,
+                             .causal = true, .seed = 11};
+    check_against_reference(cs);
+    DenseDecodeData data = testing::make_dense_decode_data(cs);
+    flash_mla_with_kvcache(data.args(), {.num_threads = 2});
+    const char* o = static_cast<const char*>(data.out.view().data);
+    outs.emplace_back(o, o + data.out.numel() * 2);
+  }
+  for (size_t i = 1; i < outs.size(); ++i) EXPECT_EQ(outs[0], outs[i]) << "page size #" << i;
+}
+
+TEST(DenseDecodeScale, ExplicitSoftmaxScale) {
+  const DenseDecodeCase cs{.batch = 2, .q_len = 1, .kv_len = 200, .num_heads_q = 16,
+                           .num_heads_kv = 1, .seed = 21};
+  check_against_reference(cs, {}, 0, 0.1f);
+  check_against_reference(cs, {}, 0, -0.02f);
+}
+
+// Every request empty: out 0 and lse +inf everywhere, no NaN.
+TEST(DenseDecodeEdges, AllRequestsEmpty) {
+  DenseDecodeCase cs{.batch = 3, .q_len = 2, .kv_len = 64, .num_heads_q = 4,
+                     .num_heads_kv = 1, .seed = 3};
+  DenseDecodeData data = testing::make_dense_decode_data(cs);
+  for (int64_t i = 0; i < cs.batch; ++i) data.cache_seqlens.i32({i}) = 0;
+  flash_mla_with_kvcache(data.args());
+  for (int64_t i = 0; i < cs.batch; ++i)
+    for (int64_t s = 0; s < cs.q_len; ++s)
+      for (int64_t h = 0; h < cs.num_heads_q; ++h) {
+        EXPECT_EQ(data.lse.get({i, h, s}), std::numeric_limits<float>::infinity());
+        for (int64_t c = 0; c < 512; ++c) ASSERT_EQ(data.out.get({i, s, h, c}), 0.0f);
+      }
+}
+
+}  // namespace
+}  // namespace flashmla
