@@ -97,17 +97,18 @@ std::vector<DenseDecodeCase> short_grid() {
 }
 INSTANTIATE_TEST_SUITE_P(Short, DenseDecodeGrid, ::testing::ValuesIn(short_grid()), case_name);
 
-// b = 64 on short sequences.
+// b = 64 on short sequences, every head pair.
 std::vector<DenseDecodeCase> wide_batch_grid() {
   std::vector<DenseDecodeCase> cases;
   uint64_t n = 1000;
-  for (auto [hq, hkv] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {9, 3}, {64, 8}, {128, 1}}) {
+  for (auto [hq, hkv] : head_pairs()) {
     for (int64_t sq : {1, 2}) {
       for (int64_t sk : {20, 140}) {
         cases.push_back({.batch = 64, .q_len = sq, .kv_len = sk, .num_heads_q = hq,
-                         .num_heads_kv = hkv, .varlen = true, .causal = sq > 1,
-                         .zero_lengths = n % 2 == 0, .non_contiguous = n % 3 == 0,
-                         .seed = n++});
+                         .num_heads_kv = hkv, .varlen = n % 4 != 1, .causal = n % 2 == 1,
+                         .zero_lengths = n % 3 == 0, .non_contiguous = n % 5 == 0,
+                         .seed = n});
+        ++n;
       }
     }
   }
@@ -116,20 +117,21 @@ std::vector<DenseDecodeCase> wide_batch_grid() {
 INSTANTIATE_TEST_SUITE_P(WideBatch, DenseDecodeGrid, ::testing::ValuesIn(wide_batch_grid()),
                          case_name);
 
-// s_k = 4096 (fewer combinations) and FlashMLA's corner shape b = 128, s_q = 2, s_k = 4096 with
-// zero-length requests, at head counts that keep the double reference fast.
+// s_k = 4096 on one or two requests, every head pair and s_q; and FlashMLA's corner shape
+// b = 128, s_q = 2, s_k = 4096 with zero-length requests, at head counts that keep the double
+// reference fast.
 std::vector<DenseDecodeCase> long_grid() {
   std::vector<DenseDecodeCase> cases;
   uint64_t n = 2000;
-  for (auto [hq, hkv] : std::vector<std::pair<int64_t, int64_t>>{{128, 1}, {64, 8}, {3, 3}}) {
-    for (int64_t sq : {1, 2}) {
-      cases.push_back({.batch = 2, .q_len = sq, .kv_len = 4096, .num_heads_q = hq,
-                       .num_heads_kv = hkv, .varlen = sq == 1, .causal = sq > 1,
-                       .non_contiguous = hq == 64, .seed = n++});
+  for (auto [hq, hkv] : head_pairs()) {
+    for (int64_t sq : {1, 2, 4}) {
+      cases.push_back({.batch = 1 + static_cast<int64_t>(n % 2), .q_len = sq, .kv_len = 4096,
+                       .num_heads_q = hq, .num_heads_kv = hkv, .varlen = n % 3 != 0,
+                       .causal = n % 2 == 0, .non_contiguous = n % 4 == 0,
+                       .dtype = n % 5 == 0 ? DType::fp16 : DType::bf16, .seed = n});
+      ++n;
     }
   }
-  cases.push_back({.batch = 1, .q_len = 4, .kv_len = 4096, .num_heads_q = 16,
-                   .num_heads_kv = 1, .causal = true, .dtype = DType::fp16, .seed = n++});
   for (bool causal : {false, true}) {
     cases.push_back({.batch = 128, .q_len = 2, .kv_len = 4096, .num_heads_q = 2,
                      .num_heads_kv = 1, .varlen = true, .causal = causal, .zero_lengths = true,

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,10 @@ struct CombineCase {
   // A GoogleTest-friendly name, e.g. "b3_sq2_hq8_dv512_n1_2_5_sink_bf16_s0".
   std::string name() const;
 };
+
+// GoogleTest prints parameters with this (the case name instead of raw bytes).
+inline void PrintTo(const CombineCase& c, std::ostream* os) { *os << c.name(); }
+
 
 struct CombineData {
   HostTensor num_splits;  // (b + 1,) int32

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <ostream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,6 +33,10 @@ struct DenseDecodeCase {
   // A GoogleTest-friendly name, e.g. "b2_sq1_sk140_hq64_hkv1_p64_varlen_causal_bf16_s0".
   std::string name() const;
 };
+
+// GoogleTest prints parameters with this (the case name instead of raw bytes).
+inline void PrintTo(const DenseDecodeCase& c, std::ostream* os) { *os << c.name(); }
+
 
 struct DenseDecodeData {
   HostTensor q;              // (b, s_q, h_q, 576)
