@@ -135,29 +135,38 @@ Row run_case(const DenseDecodeCase& cs, const Options& opt) {
 
 int main(int argc, char** argv) {
   Options opt;
+  const auto positive = CLI::Range(int64_t{1}, int64_t{1} << 30);
+  const auto non_negative = CLI::Range(int64_t{0}, int64_t{1} << 30);
   CLI::App app{"Runs DeepSeek MLA dense decode on realistic shapes, checks a sample of requests "
                "against the double-precision reference and prints a table.\n"
                "Shape options override the preset's values."};
   std::string preset_help = "Preset to run:";
   for (const auto& [name, p] : presets()) preset_help += "\n  " + name + ": " + p.help;
   app.add_option("--preset", opt.preset, preset_help)->capture_default_str();
-  app.add_option("-b,--batch", opt.batch, "Batch sizes (requests per step), e.g. -b 1 16 64");
+  app.add_option("-b,--batch", opt.batch, "Batch sizes (requests per step), e.g. -b 1 16 64")
+      ->check(positive);
   app.add_option("-l,--mean-len", opt.mean_len,
-                 "Mean KV lengths; each request's length is max(N(mean, mean/2), q_len)");
-  app.add_option("-s,--q-len", opt.q_len, "Query tokens per request (s_q; >1 for MTP)");
-  app.add_option("--heads-q", opt.heads_q, "Query heads (h_q)");
-  app.add_option("--heads-kv", opt.heads_kv, "KV heads (h_kv, must divide h_q); default 1");
-  app.add_option("--page-block-size", opt.page_block_size, "Tokens per cache page; default 64");
+                 "Mean KV lengths; each request's length is max(N(mean, mean/2), q_len)")
+      ->check(non_negative);
+  app.add_option("-s,--q-len", opt.q_len, "Query tokens per request (s_q; >1 for MTP)")
+      ->check(positive);
+  app.add_option("--heads-q", opt.heads_q, "Query heads (h_q)")->check(positive);
+  app.add_option("--heads-kv", opt.heads_kv, "KV heads (h_kv, must divide h_q); default 1")
+      ->check(positive);
+  app.add_option("--page-block-size", opt.page_block_size, "Tokens per cache page; default 64")
+      ->check(positive);
   app.add_option("--dtype", opt.dtype, "bf16 or fp16; default bf16")
       ->check(CLI::IsMember({"bf16", "fp16"}));
   app.add_flag("--causal", opt.causal, "Causal mask (bottom-right aligned) when s_q > 1");
-  app.add_option("-t,--threads", opt.threads, "Worker threads; 0 = default")->capture_default_str();
-  app.add_option("--warmup", opt.warmup, "Untimed calls per case")->capture_default_str();
+  app.add_option("-t,--threads", opt.threads, "Worker threads; 0 = default")
+      ->capture_default_str()->check(non_negative);
+  app.add_option("--warmup", opt.warmup, "Untimed calls per case")
+      ->capture_default_str()->check(non_negative);
   app.add_option("--iters", opt.iters, "Timed calls per case (the median is reported)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(positive);
   app.add_option("--check-requests", opt.check_requests,
                  "Requests per case checked against the reference (0 = none)")
-      ->capture_default_str();
+      ->capture_default_str()->check(non_negative);
   app.add_option("--seed", opt.seed, "Random seed")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -193,7 +202,7 @@ int main(int argc, char** argv) {
                     r.gbps, r.max_err, opt.check_requests ? (r.ok ? "ok" : "FAIL") : "-");
       }
     }
-  } catch (const flashmla::Error& e) {
+  } catch (const std::exception& e) {  // flashmla::Error for bad shapes; bad_alloc for huge ones
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;
   }
