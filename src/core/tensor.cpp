@@ -30,24 +30,27 @@ const char* dtype_name(DType dtype) {
   return "unknown";
 }
 
-static void set_shape(TensorView& t, std::initializer_list<int64_t> shape) {
+// A view of `data` with the given shape; strides left to the caller.
+static TensorView with_shape(const void* data, DType dtype, std::initializer_list<int64_t> shape,
+                             Device device) {
   if (shape.size() > static_cast<size_t>(kMaxRank)) {
     throw Error(ErrorKind::value, "TensorView", "shape",
                 "at most " + std::to_string(kMaxRank) + " dimensions",
                 std::to_string(shape.size()) + " dimensions");
   }
-  t.rank = static_cast<int>(shape.size());
-  int d = 0;
-  for (int64_t s : shape) t.shape[d++] = s;
-}
-
-TensorView TensorView::contiguous(const void* data, DType dtype,
-                                  std::initializer_list<int64_t> shape, Device device) {
   TensorView t;
   t.data = const_cast<void*>(data);
   t.dtype = dtype;
   t.device = device;
-  set_shape(t, shape);
+  t.rank = static_cast<int>(shape.size());
+  int d = 0;
+  for (int64_t s : shape) t.shape[d++] = s;
+  return t;
+}
+
+TensorView TensorView::contiguous(const void* data, DType dtype,
+                                  std::initializer_list<int64_t> shape, Device device) {
+  TensorView t = with_shape(data, dtype, shape, device);
   int64_t stride = 1;
   for (int d = t.rank - 1; d >= 0; --d) {
     t.strides[d] = stride;
@@ -58,11 +61,7 @@ TensorView TensorView::contiguous(const void* data, DType dtype,
 
 TensorView TensorView::strided(const void* data, DType dtype, std::initializer_list<int64_t> shape,
                                std::initializer_list<int64_t> strides, Device device) {
-  TensorView t;
-  t.data = const_cast<void*>(data);
-  t.dtype = dtype;
-  t.device = device;
-  set_shape(t, shape);
+  TensorView t = with_shape(data, dtype, shape, device);
   if (strides.size() != shape.size()) {
     throw Error(ErrorKind::value, "TensorView", "strides",
                 std::to_string(shape.size()) + " strides (one per dimension)",
