@@ -24,10 +24,13 @@ namespace flashmla {
 
 inline constexpr const char* kVersion = "0.1.0";
 
+inline constexpr int kMaxThreads = 4096;      // upper bound of Context::num_threads
+inline constexpr int kMaxSmParts = 1 << 20;   // upper bound of a schedule's num_sm_parts
+
 // Per-call execution context, separate from the operation's arguments.
 struct Context {
-  int num_threads = 0;          // CPU worker threads; 0 = default (FLASHMLA_NUM_THREADS, else
-                                // OpenMP's default)
+  int num_threads = 0;          // CPU worker threads in [0, kMaxThreads]; 0 = default
+                                // (FLASHMLA_NUM_THREADS, else OpenMP's default)
   void* cuda_stream = nullptr;  // reserved for the CUDA backend
 };
 
@@ -56,7 +59,8 @@ inline constexpr int kSchedulerFixedOverhead = 5;  // cost of one piece, in bloc
 
 struct MlaMetadataArgs {
   TensorView cache_seqlens;            // (b,) int32, contiguous: KV tokens of each request
-  int num_sm_parts = 0;                // >= 1; mla_num_sm_parts() gives the CPU's number
+  int num_sm_parts = 0;                // in [1, kMaxSmParts]; mla_num_sm_parts() gives the
+                                       // CPU's number
   TensorView tile_scheduler_metadata;  // (num_sm_parts, 8) int32, contiguous; written
   TensorView num_splits;               // (b + 1,) int32, contiguous; written
 };
@@ -75,7 +79,7 @@ struct MlaDecodeArgs {
   TensorView block_table;    // (b, max_blocks_per_seq) int32; last dim contiguous
   TensorView cache_seqlens;  // (b,) int32
   int head_dim_v = 512;      // must be 512
-  std::optional<float> softmax_scale;  // finite; default 1/sqrt(576)
+  std::optional<float> softmax_scale;  // |scale| * log2(e) finite in fp32; default 1/sqrt(576)
   bool causal = false;       // bottom-right aligned; ignored when s_q == 1
   // Optional schedule from get_mla_metadata (both or neither); computed per call when absent.
   TensorView tile_scheduler_metadata;  // (num_sm_parts, 8) int32, contiguous; may be null

@@ -18,6 +18,15 @@ std::string dtype_list(std::initializer_list<DType> allowed) {
   return s;
 }
 
+int checked_num_threads(const Checker& c, const Context& ctx) {
+  if (ctx.num_threads < 0 || ctx.num_threads > kMaxThreads) {
+    c.fail(ErrorKind::value, "ctx.num_threads",
+           "a thread count in [0, " + std::to_string(kMaxThreads) + "] (0 = default)",
+           std::to_string(ctx.num_threads));
+  }
+  return resolved_num_threads(ctx);
+}
+
 void Checker::fail(ErrorKind kind, const std::string& argument, const std::string& expected,
                    const std::string& got) const {
   throw Error(kind, function_, argument, expected, got);

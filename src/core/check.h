@@ -7,6 +7,7 @@
 #include <string>
 
 #include "flashmla/error.h"
+#include "flashmla/flashmla.h"
 #include "flashmla/tensor.h"
 
 namespace flashmla::core {
@@ -42,5 +43,8 @@ class Checker {
 };
 
 std::string dtype_list(std::initializer_list<DType> allowed);
+
+// ctx.num_threads in [0, kMaxThreads]. Returns the number of worker threads the call uses.
+int checked_num_threads(const Checker& c, const Context& ctx);
 
 }  // namespace flashmla::core

@@ -8,10 +8,7 @@ namespace flashmla {
 
 void mla_combine(const MlaCombineArgs& a, const Context& ctx) {
   core::Checker c("mla_combine");
-  if (ctx.num_threads < 0) {
-    c.fail(ErrorKind::value, "ctx.num_threads", ">= 0 (0 = default)",
-           std::to_string(ctx.num_threads));
-  }
+  const int num_threads = core::checked_num_threads(c, ctx);
   c.present(a.o_accum, "o_accum");
   c.rank(a.o_accum, "o_accum", 4);
   c.dtype(a.o_accum, "o_accum", {DType::fp32});
@@ -69,7 +66,7 @@ void mla_combine(const MlaCombineArgs& a, const Context& ctx) {
       .out_stride = {a.out.stride(0), a.out.stride(1), a.out.stride(2)},
       .lse = a.lse.ptr<float>(),
       .lse_stride = {a.lse.stride(0), a.lse.stride(1), a.lse.stride(2)},
-      .num_threads = resolved_num_threads(ctx),
+      .num_threads = num_threads,
   });
 }
 

@@ -25,10 +25,7 @@ std::string at(const char* name, std::initializer_list<int64_t> idx) {
 // Checks everything and fills params (except the schedule and the accumulators).
 core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
   core::Checker c(kFn);
-  if (ctx.num_threads < 0) {
-    c.fail(ErrorKind::value, "ctx.num_threads", ">= 0 (0 = default)",
-           std::to_string(ctx.num_threads));
-  }
+  const int num_threads = core::checked_num_threads(c, ctx);
   // q fixes batch, q_len, num_heads_q and the dtype.
   c.present(a.q, "q");
   c.rank(a.q, "q", 4);
@@ -72,8 +69,10 @@ core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
 
   float scale = 1.0f / std::sqrt(static_cast<float>(kDqk));
   if (a.softmax_scale) {
-    if (!std::isfinite(*a.softmax_scale)) {
-      c.fail(ErrorKind::value, "softmax_scale", "a finite number",
+    // Logits are kept in log2 units: scale * log2(e) must be a finite fp32 number too.
+    if (!std::isfinite(*a.softmax_scale * static_cast<float>(M_LOG2E))) {
+      c.fail(ErrorKind::value, "softmax_scale",
+             "a finite number with |softmax_scale| * log2(e) < 3.4e38",
              std::to_string(*a.softmax_scale));
     }
     scale = *a.softmax_scale;
@@ -128,7 +127,7 @@ core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
       .out_stride = {a.out.stride(0), a.out.stride(1), a.out.stride(2)},
       .lse = a.lse.ptr<float>(),
       .lse_stride = {a.lse.stride(0), a.lse.stride(1), a.lse.stride(2)},
-      .num_threads = resolved_num_threads(ctx),
+      .num_threads = num_threads,
   };
   return p;
 }
@@ -160,8 +159,9 @@ void attach_schedule(const MlaDecodeArgs& a, core::DenseDecodeParams& p,
   c.present(m, "tile_scheduler_metadata");
   c.dtype(m, "tile_scheduler_metadata", {DType::int32});
   c.rank(m, "tile_scheduler_metadata", 2);
-  if (m.size(0) < 1 || m.size(0) > (1 << 20)) {
-    c.fail(ErrorKind::value, "tile_scheduler_metadata", "shape (num_sm_parts in [1, 2^20], 8)",
+  if (m.size(0) < 1 || m.size(0) > kMaxSmParts) {
+    c.fail(ErrorKind::value, "tile_scheduler_metadata",
+           "shape (num_sm_parts in [1, " + std::to_string(kMaxSmParts) + "], 8)",
            m.shape_string());
   }
   c.shape(m, "tile_scheduler_metadata", {m.size(0), core::kSchedRecordInts});

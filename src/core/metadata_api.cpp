@@ -1,4 +1,5 @@
 // get_mla_metadata and mla_num_sm_parts: argument checks around the scheduler of core/scheduler.
+#include <algorithm>
 #include <span>
 
 #include "core/check.h"
@@ -9,12 +10,19 @@ namespace flashmla {
 
 int mla_num_sm_parts(const MlaDecodeShape& shape, const Context& ctx) {
   core::Checker c("mla_num_sm_parts");
-  if (shape.batch < 1) c.fail(ErrorKind::value, "shape.batch", ">= 1", std::to_string(shape.batch));
-  if (ctx.num_threads < 0) {
-    c.fail(ErrorKind::value, "ctx.num_threads", ">= 0 (0 = default)",
-           std::to_string(ctx.num_threads));
+  auto positive = [&](int64_t v, const char* arg) {
+    if (v < 1) c.fail(ErrorKind::value, arg, ">= 1", std::to_string(v));
+  };
+  positive(shape.batch, "shape.batch");
+  positive(shape.q_len, "shape.q_len");
+  positive(shape.num_heads_q, "shape.num_heads_q");
+  positive(shape.num_heads_kv, "shape.num_heads_kv");
+  if (shape.num_heads_q % shape.num_heads_kv != 0) {
+    c.fail(ErrorKind::value, "shape.num_heads_kv",
+           "a divisor of num_heads_q = " + std::to_string(shape.num_heads_q),
+           std::to_string(shape.num_heads_kv));
   }
-  return resolved_num_threads(ctx);
+  return core::checked_num_threads(c, ctx);  // <= kMaxThreads < kMaxSmParts
 }
 
 void get_mla_metadata(const MlaMetadataArgs& args) {
@@ -25,8 +33,9 @@ void get_mla_metadata(const MlaMetadataArgs& args) {
   c.contiguous(args.cache_seqlens, "cache_seqlens");
   const int64_t batch = args.cache_seqlens.size(0);
   if (batch < 1) c.fail(ErrorKind::value, "cache_seqlens", "at least one request", "shape (0,)");
-  if (args.num_sm_parts < 1) {
-    c.fail(ErrorKind::value, "num_sm_parts", ">= 1", std::to_string(args.num_sm_parts));
+  if (args.num_sm_parts < 1 || args.num_sm_parts > kMaxSmParts) {
+    c.fail(ErrorKind::value, "num_sm_parts", "a value in [1, " + std::to_string(kMaxSmParts) + "]",
+           std::to_string(args.num_sm_parts));
   }
   c.tensor(args.tile_scheduler_metadata, "tile_scheduler_metadata", {DType::int32},
            {args.num_sm_parts, core::kSchedRecordInts}, true);
