@@ -11,7 +11,9 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/common/attn_scratch.h"
 #include "cpu/common/microkernel.h"
+#include "cpu/common/online_softmax.h"
 #include "cpu/decode/combine.h"
 #include "cpu/decode/store.h"
 
@@ -21,18 +23,6 @@ namespace {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int kMaxRowTile = 128;  // query rows processed against one gathered KV tile
 
-// Per-thread buffers, sized once per call.
-struct Scratch {
-  std::vector<unsigned char> q, k, v;
-  std::vector<float> s, o, m, l;
-  std::vector<const void*> rows, tokens;
-
-  Scratch(const AttnMicrokernel& mk, int row_tile, int d_qk, int d_v)
-      : q(mk.packed_q_bytes(row_tile, d_qk)), k(mk.packed_k_bytes(d_qk)),
-        v(mk.packed_v_bytes(d_v)), s(static_cast<size_t>(row_tile) * kKvTile),
-        o(static_cast<size_t>(row_tile) * d_v), m(row_tile), l(row_tile), rows(row_tile),
-        tokens(kKvTile) {}
-};
 
 // One piece of work: query rows [row0, row0 + nrows) of KV head `kv_head` of request `req`,
 // against tokens [tok0, tok1). Row i of a KV head is (token i / hpk, head kv_head*hpk + i % hpk).
@@ -50,7 +40,7 @@ class DenseDecodeDriver {
   int row_tile() const { return static_cast<int>(std::min<int64_t>(rows_per_kv(), kMaxRowTile)); }
   int64_t rows_per_kv() const { return p_.q_len * hpk_; }
 
-  void run_part(int part, Scratch& sc) const {
+  void run_part(int part, AttnScratch& sc) const {
     const core::SchedRecord& rec = p_.sched[part];
     for (int64_t r = rec.begin_req_idx; r <= rec.end_req_idx && r < p_.batch; ++r) {
       const int64_t seqlen = p_.cache_seqlens[r];
@@ -83,7 +73,7 @@ class DenseDecodeDriver {
     return static_cast<const char*>(p_.k_cache) + off * static_cast<int64_t>(elem_);
   }
 
-  void run_piece(const Piece& pc, Scratch& sc) const {
+  void run_piece(const Piece& pc, AttnScratch& sc) const {
     const int m = static_cast<int>(pc.nrows);
     const int d_qk = static_cast<int>(p_.d_qk), d_v = static_cast<int>(p_.d_v);
     for (int i = 0; i < m; ++i) {
@@ -109,39 +99,16 @@ class DenseDecodeDriver {
           const int64_t last = seqlen - p_.q_len + token_of(pc, i);  // last visible position
           visible = std::clamp<int64_t>(last - t0 + 1, 0, n);
         }
-        softmax_update(sc.s.data() + static_cast<size_t>(i) * kKvTile, static_cast<int>(visible),
-                       sc.m[i], sc.l[i], sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
+        online_softmax_update(sc.s.data() + static_cast<size_t>(i) * kKvTile,
+                              static_cast<int>(visible), sc.m[i], sc.l[i],
+                              sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
       }
       mk_.pv(sc.s.data(), m, n, sc.v.data(), d_v, sc.o.data());
     }
     for (int i = 0; i < m; ++i) finish_row(pc, i, sc);
   }
 
-  // Online softmax on one row of scores (log2 units): scores[j] for j < visible count; the rest
-  // of the tile becomes probability 0. Rescales the running output o and sum l.
-  static void softmax_update(float* scores, int visible, float& m, float& l, float* o, int d_v) {
-    float tile_max = -kInf;
-    for (int j = 0; j < visible; ++j) tile_max = std::max(tile_max, scores[j]);
-    const float m_new = std::max(m, tile_max);
-    if (m_new == -kInf) {  // nothing visible yet
-      std::fill(scores, scores + kKvTile, 0.0f);
-      return;
-    }
-    const float alpha = std::exp2(m - m_new);  // 0 when m was -inf
-    float sum = 0.0f;
-    for (int j = 0; j < visible; ++j) {
-      scores[j] = std::exp2(scores[j] - m_new);
-      sum += scores[j];
-    }
-    std::fill(scores + visible, scores + kKvTile, 0.0f);
-    l = l * alpha + sum;
-    if (alpha != 1.0f) {
-      for (int c = 0; c < d_v; ++c) o[c] *= alpha;
-    }
-    m = m_new;
-  }
-
-  void finish_row(const Piece& pc, int i, const Scratch& sc) const {
+  void finish_row(const Piece& pc, int i, const AttnScratch& sc) const {
     const int64_t s = token_of(pc, i), h = head_of(pc, i);
     const float l = sc.l[i], m = sc.m[i];
     const float* o = sc.o.data() + static_cast<size_t>(i) * p_.d_v;
@@ -172,7 +139,7 @@ void run_dense_decode(const core::DenseDecodeParams& p) {
   const DenseDecodeDriver driver(p, mk);
 #pragma omp parallel num_threads(p.num_threads)
   {
-    Scratch scratch(mk, driver.row_tile(), static_cast<int>(p.d_qk), static_cast<int>(p.d_v));
+    AttnScratch scratch(mk, driver.row_tile(), static_cast<int>(p.d_qk), static_cast<int>(p.d_v));
 #pragma omp for schedule(dynamic, 1)
     for (int part = 0; part < p.num_parts; ++part) driver.run_part(part, scratch);
   }

@@ -1,0 +1,25 @@
+// Per-thread buffers of the CPU attention drivers: packed operands of one tile of query rows and
+// one KV tile, the score tile, and the online-softmax state of each row.
+#pragma once
+
+#include <vector>
+
+#include "cpu/common/microkernel.h"
+
+namespace flashmla::cpu {
+
+struct AttnScratch {
+  std::vector<unsigned char> q, k, v;  // packed by the microkernel
+  std::vector<float> s;                // (row_tile, kKvTile) scores, then probabilities
+  std::vector<float> o;                // (row_tile, d_v) running output
+  std::vector<float> m, l;             // running max (log2 units) and sum per row
+  std::vector<const void*> rows, tokens;  // gathered query rows and KV tokens
+
+  AttnScratch(const AttnMicrokernel& mk, int row_tile, int d_qk, int d_v)
+      : q(mk.packed_q_bytes(row_tile, d_qk)), k(mk.packed_k_bytes(d_qk)),
+        v(mk.packed_v_bytes(d_v)), s(static_cast<size_t>(row_tile) * kKvTile),
+        o(static_cast<size_t>(row_tile) * d_v), m(row_tile), l(row_tile), rows(row_tile),
+        tokens(kKvTile) {}
+};
+
+}  // namespace flashmla::cpu

@@ -1,0 +1,39 @@
+// Online softmax over tiles of scores in log2 units, shared by the CPU attention drivers.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpu/common/microkernel.h"
+
+namespace flashmla::cpu {
+
+// Updates one row's running max m and sum l with a tile of scores: scores[j] for j < visible
+// are logits in log2 units; they become probabilities exp2(s - m_new), and the rest of the tile
+// (up to kKvTile) becomes 0. The running output o (d_v values) is rescaled to the new max.
+inline void online_softmax_update(float* scores, int visible, float& m, float& l, float* o,
+                                  int d_v) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  float tile_max = -kInf;
+  for (int j = 0; j < visible; ++j) tile_max = std::max(tile_max, scores[j]);
+  const float m_new = std::max(m, tile_max);
+  if (m_new == -kInf) {  // nothing visible yet
+    std::fill(scores, scores + kKvTile, 0.0f);
+    return;
+  }
+  const float alpha = std::exp2(m - m_new);  // 0 when m was -inf
+  float sum = 0.0f;
+  for (int j = 0; j < visible; ++j) {
+    scores[j] = std::exp2(scores[j] - m_new);
+    sum += scores[j];
+  }
+  std::fill(scores + visible, scores + kKvTile, 0.0f);
+  l = l * alpha + sum;
+  if (alpha != 1.0f) {
+    for (int c = 0; c < d_v; ++c) o[c] *= alpha;
+  }
+  m = m_new;
+}
+
+}  // namespace flashmla::cpu
