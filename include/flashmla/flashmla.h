@@ -109,4 +109,25 @@ struct MlaCombineArgs {
 
 void mla_combine(const MlaCombineArgs& args, const Context& ctx = {});
 
+// ---------------------------------------------------------------------------------------------
+// Sparse MLA prefill (FlashMLA's flash_mla_sparse_fwd, reference §2.4, §3.4). All query heads of
+// a query token share its index list (h_kv = 1). Callers flatten batches into s_q / s_kv.
+
+struct SparsePrefillArgs {
+  TensorView q;            // (s_q, h_q, d_qk) bf16, d_qk in {512, 576}; last dim contiguous
+  TensorView kv;           // (s_kv, 1, d_qk) bf16; last dim contiguous. V = kv[..., :512]
+  TensorView indices;      // (s_q, 1, topk) int32, topk >= 1; last dim contiguous. Entry c of
+                           // token s is valid iff 0 <= idx < s_kv and c < topk_length[s]
+  float sm_scale = 0;      // required; |sm_scale| * log2(e) finite in fp32
+  int d_v = 512;           // must be 512
+  TensorView attn_sink;    // optional (h_q,) fp32, natural units, +-inf allowed; may be null
+  TensorView topk_length;  // optional (s_q,) int32 in [0, topk]; may be null (= topk)
+  TensorView out;          // (s_q, h_q, 512) bf16; written (0 for an empty row)
+  TensorView max_logits;   // (s_q, h_q) fp32, natural units; written (-inf for an empty row)
+  TensorView lse;          // (s_q, h_q) fp32, natural log, without the sink; written (+inf
+                           // for an empty row)
+};
+
+void flash_mla_sparse_fwd(const SparsePrefillArgs& args, const Context& ctx = {});
+
 }  // namespace flashmla

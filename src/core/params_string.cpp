@@ -3,6 +3,7 @@
 
 #include "core/combine_params.h"
 #include "core/decode_params.h"
+#include "core/sparse_prefill_params.h"
 
 namespace flashmla::core {
 
@@ -21,6 +22,15 @@ std::string CombineParams::to_string() const {
   os << "combine{batch=" << batch << ", q_len=" << q_len << ", num_heads_q=" << num_heads_q
      << ", d_v=" << d_v << ", sink=" << (attn_sink != nullptr)
      << ", out_dtype=" << dtype_name(out_dtype) << ", threads=" << num_threads << "}";
+  return os.str();
+}
+
+std::string SparsePrefillParams::to_string() const {
+  std::ostringstream os;
+  os << "sparse_prefill{q_len=" << q_len << ", kv_len=" << kv_len << ", num_heads_q="
+     << num_heads_q << ", d_qk=" << d_qk << ", d_v=" << d_v << ", topk=" << topk
+     << ", topk_length=" << (topk_length != nullptr) << ", sink=" << (attn_sink != nullptr)
+     << ", threads=" << num_threads << "}";
   return os.str();
 }
 

@@ -15,4 +15,9 @@ void dense_decode(const MlaDecodeArgs& args);
 // Combine of split pieces (reference §5.6), in double: same contract as flashmla::mla_combine.
 void combine(const MlaCombineArgs& args);
 
+// Sparse MLA prefill (reference §3.4, §6.4): writes args.out (rounded once to bf16),
+// args.max_logits and args.lse. Invalid entries (< 0, >= s_kv, or at a column >= topk_length)
+// are never read; empty rows give out 0, max_logits -inf, lse +inf; the sink scales out only.
+void sparse_prefill(const SparsePrefillArgs& args);
+
 }  // namespace flashmla::ref

@@ -1,0 +1,150 @@
+#include "cli_cases.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <numeric>
+#include <vector>
+
+#include "flashmla/flashmla.h"
+#include "ref/ref.h"
+#include "testing/compare.h"
+#include "testing/host_tensor.h"
+
+namespace flashmla::cli {
+namespace {
+
+using testing::DenseDecodeCase;
+using testing::DenseDecodeData;
+using testing::HostTensor;
+using testing::SparsePrefillCase;
+using testing::SparsePrefillData;
+
+// Median wall time in µs of opt.iters calls after opt.warmup untimed ones.
+template <class F>
+double median_us(const RunOptions& opt, F&& call) {
+  std::vector<double> t;
+  for (int it = 0; it < opt.warmup + opt.iters; ++it) {
+    const auto t0 = std::chrono::steady_clock::now();
+    call();
+    const auto t1 = std::chrono::steady_clock::now();
+    if (it >= opt.warmup) t.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
+}
+
+// A view of the first k requests (leading dimension sliced).
+TensorView first_rows(TensorView v, int64_t k) {
+  v.shape[0] = k;
+  return v;
+}
+
+}  // namespace
+
+Row run_dense_decode_case(const DenseDecodeCase& cs, const RunOptions& opt) {
+  DenseDecodeData data = testing::make_dense_decode_data(cs);
+  MlaDecodeArgs args = data.args();
+  const Context ctx{.num_threads = opt.threads};
+
+  // The schedule is computed once and reused by every call, as a model's layers would.
+  const int parts = mla_num_sm_parts(
+      {.batch = cs.batch, .q_len = cs.q_len, .num_heads_q = cs.num_heads_q,
+       .num_heads_kv = cs.num_heads_kv}, ctx);
+  std::vector<int32_t> meta(static_cast<size_t>(parts) * 8), splits(cs.batch + 1);
+  args.tile_scheduler_metadata =
+      TensorView::contiguous(meta.data(), DType::int32, {parts, 8});
+  args.num_splits = TensorView::contiguous(splits.data(), DType::int32, {cs.batch + 1});
+  get_mla_metadata({.cache_seqlens = args.cache_seqlens, .num_sm_parts = parts,
+                              .tile_scheduler_metadata = args.tile_scheduler_metadata,
+                              .num_splits = args.num_splits});
+
+  const double us = median_us(opt, [&] { flash_mla_with_kvcache(args, ctx); });
+
+  // FlashMLA's counting (reference §7.1).
+  const double total_len = std::accumulate(data.seqlens.begin(), data.seqlens.end(), 0.0);
+  const double d_qk = 576, d_v = 512, elem = dtype_size(cs.dtype);
+  const double flops = 2.0 * cs.num_heads_q * cs.q_len * total_len * (d_qk + d_v);
+  const double bytes = (total_len * cs.num_heads_kv * d_qk +
+                        cs.batch * cs.q_len * cs.num_heads_q * (d_qk + d_v)) * elem;
+
+  // Check the first requests against the reference.
+  const int64_t k = std::min<int64_t>(opt.check, cs.batch);
+  double max_err = 0;
+  bool ok = true;
+  if (k > 0) {
+    HostTensor ref_out = HostTensor::empty(cs.dtype, {k, cs.q_len, cs.num_heads_q, 512});
+    HostTensor ref_lse = HostTensor::empty(DType::fp32, {k, cs.num_heads_q, cs.q_len});
+    MlaDecodeArgs sub = args;
+    sub.q = first_rows(args.q, k);
+    sub.block_table = first_rows(args.block_table, k);
+    sub.cache_seqlens = first_rows(args.cache_seqlens, k);
+    sub.out = ref_out.view();
+    sub.lse = ref_lse.view();
+    ref::dense_decode(sub);
+    const auto out_cmp = testing::check_is_allclose(
+        "out", first_rows(args.out, k), ref_out.view(), 8e-4, 2.01 / 128, 5e-6);
+    const auto lse_cmp = testing::check_is_allclose(
+        "lse", first_rows(args.lse, k), ref_lse.view(), 1e-6, 8.01 / 65536);
+    ok = out_cmp.ok && lse_cmp.ok;
+    max_err = std::max(out_cmp.max_abs_err, lse_cmp.max_abs_err);
+    if (!ok) std::fprintf(stderr, "%s\n%s\n", out_cmp.message.c_str(), lse_cmp.message.c_str());
+  }
+  return {cs.name(), us, flops / us * 1e-6, bytes / us * 1e-3, max_err, ok};
+}
+
+
+Row run_sparse_prefill_case(const SparsePrefillCase& cs, const RunOptions& opt) {
+  SparsePrefillData data = testing::make_sparse_prefill_data(cs);
+  SparsePrefillArgs args = data.args();
+  const Context ctx{.num_threads = opt.threads};
+  const double us = median_us(opt, [&] { flash_mla_sparse_fwd(args, ctx); });
+
+  // FlashMLA's counting (reference §7.2): T valid (query, key) pairs, N distinct valid rows.
+  double pairs = 0;
+  std::vector<bool> used(cs.kv_len, false);
+  for (int64_t s = 0; s < cs.q_len; ++s) {
+    const int64_t cols = args.topk_length.defined() ? data.topk_length.i32({s}) : cs.topk;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int32_t t = data.indices.i32({s, 0, c});
+      if (t >= 0 && t < cs.kv_len) {
+        pairs += 1;
+        used[t] = true;
+      }
+    }
+  }
+  const double n_valid = static_cast<double>(std::count(used.begin(), used.end(), true));
+  const double d_v = 512, flops = 2.0 * pairs * cs.num_heads_q * (cs.d_qk + d_v);
+  const double bytes = n_valid * cs.d_qk * 2 + cs.q_len * cs.num_heads_q * (cs.d_qk + d_v) * 2;
+
+  Row row{.name = cs.name(), .us = us, .tflops = flops / us * 1e-6, .gbps = bytes / us * 1e-3};
+  const int64_t k = std::min<int64_t>(opt.check, cs.q_len);
+  if (k > 0) {  // the first k query tokens against the reference
+    HostTensor ref_out = HostTensor::empty(DType::bf16, {k, cs.num_heads_q, 512});
+    HostTensor ref_max = HostTensor::empty(DType::fp32, {k, cs.num_heads_q});
+    HostTensor ref_lse = HostTensor::empty(DType::fp32, {k, cs.num_heads_q});
+    SparsePrefillArgs sub = args;
+    sub.q = first_rows(args.q, k);
+    sub.indices = first_rows(args.indices, k);
+    if (sub.topk_length.defined()) sub.topk_length = first_rows(args.topk_length, k);
+    sub.out = ref_out.view();
+    sub.max_logits = ref_max.view();
+    sub.lse = ref_lse.view();
+    ref::sparse_prefill(sub);
+    const auto out = testing::check_is_allclose("out", first_rows(args.out, k), ref_out.view(),
+                                                8e-4, 3.01 / 128, 7e-6);
+    const auto mx = testing::check_is_allclose("max_logits", first_rows(args.max_logits, k),
+                                               ref_max.view(), 1e-6, 2.01 / 65536);
+    const auto lse = testing::check_is_allclose("lse", first_rows(args.lse, k), ref_lse.view(),
+                                                1e-6, 2.01 / 65536);
+    row.ok = out.ok && mx.ok && lse.ok;
+    row.max_err = std::max({out.max_abs_err, mx.max_abs_err, lse.max_abs_err});
+    if (!row.ok) {
+      std::fprintf(stderr, "%s\n%s\n%s\n", out.message.c_str(), mx.message.c_str(),
+                   lse.message.c_str());
+    }
+  }
+  return row;
+}
+
+}  // namespace flashmla::cli
