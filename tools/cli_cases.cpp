@@ -17,6 +17,8 @@ namespace {
 using testing::DenseDecodeCase;
 using testing::DenseDecodeData;
 using testing::HostTensor;
+using testing::SparseDecodeCase;
+using testing::SparseDecodeData;
 using testing::SparsePrefillCase;
 using testing::SparsePrefillData;
 
@@ -93,6 +95,60 @@ Row run_dense_decode_case(const DenseDecodeCase& cs, const RunOptions& opt) {
   return {cs.name(), us, flops / us * 1e-6, bytes / us * 1e-3, max_err, ok};
 }
 
+
+Row run_sparse_decode_case(const SparseDecodeCase& cs, const RunOptions& opt) {
+  SparseDecodeData data = testing::make_sparse_decode_data(cs);
+  MlaDecodeArgs args = data.args();
+  const Context ctx{.num_threads = opt.threads};
+  const double us = median_us(opt, [&] { flash_mla_with_kvcache(args, ctx); });
+
+  // FlashMLA's counting (reference §7.2): attended tokens and distinct referenced slots.
+  double attended = 0, unique = 0;
+  auto count = [&](const TensorView& idx, const TensorView& len, int64_t slots) {
+    if (!idx.defined()) return;
+    std::vector<bool> used(slots, false);
+    for (int64_t i = 0; i < cs.batch; ++i) {
+      const int64_t cols = len.defined() ? len.ptr<const int32_t>()[i] : idx.size(2);
+      for (int64_t s = 0; s < cs.q_len; ++s) {
+        const int32_t* row = idx.ptr<const int32_t>() + i * idx.stride(0) + s * idx.stride(1);
+        for (int64_t c = 0; c < cols; ++c) {
+          if (row[c] == -1) continue;
+          attended += 1;
+          if (!used[row[c]]) unique += 1, used[row[c]] = true;
+        }
+      }
+    }
+  };
+  count(args.indices, args.topk_length, args.k_cache.size(0) * args.k_cache.size(1));
+  count(args.extra_indices_in_kvcache, args.extra_topk_length,
+        args.extra_k_cache.defined() ? args.extra_k_cache.size(0) * args.extra_k_cache.size(1) : 0);
+  const double d_v = 512, bpt = cs.fp8 ? (cs.d_qk == 576 ? 656 : 584) : 2.0 * cs.d_qk;
+  const double flops = 2.0 * cs.num_heads_q * attended * (cs.d_qk + d_v);
+  const double bytes = unique * bpt + 2.0 * cs.batch * cs.q_len * cs.num_heads_q * (cs.d_qk + d_v);
+
+  Row row{.name = cs.name(), .us = us, .tflops = flops / us * 1e-6, .gbps = bytes / us * 1e-3};
+  const int64_t k = std::min<int64_t>(opt.check, cs.batch);
+  if (k > 0) {  // the first k requests against the reference
+    HostTensor ref_out = HostTensor::empty(DType::bf16, {k, cs.q_len, cs.num_heads_q, 512});
+    HostTensor ref_lse = HostTensor::empty(DType::fp32, {k, cs.num_heads_q, cs.q_len});
+    MlaDecodeArgs sub = args;
+    for (TensorView* t : {&sub.q, &sub.indices, &sub.topk_length, &sub.extra_indices_in_kvcache,
+                          &sub.extra_topk_length}) {
+      if (t->defined()) *t = first_rows(*t, k);
+    }
+    sub.out = ref_out.view();
+    sub.lse = ref_lse.view();
+    ref::sparse_decode(sub);
+    const auto out = testing::check_is_allclose("out", first_rows(args.out, k), ref_out.view(),
+                                                1e-3, 2.01 / 128, 5e-6);
+    const auto lse = testing::check_is_allclose("lse", first_rows(args.lse, k), ref_lse.view(),
+                                                1e-6, 8.01 / 65536);
+    row.ok = out.ok && lse.ok;
+    row.max_err = std::max(out.max_abs_err, lse.max_abs_err);
+    if (!row.ok) std::fprintf(stderr, "%s\n%s\n", out.message.c_str(), lse.message.c_str());
+  }
+  return row;
+}
 
 Row run_sparse_prefill_case(const SparsePrefillCase& cs, const RunOptions& opt) {
   SparsePrefillData data = testing::make_sparse_prefill_data(cs);

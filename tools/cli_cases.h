@@ -6,6 +6,7 @@
 
 #include "testing/decode_case.h"
 #include "testing/prefill_case.h"
+#include "testing/sparse_decode_case.h"
 
 namespace flashmla::cli {
 
@@ -21,6 +22,7 @@ struct Row {
 };
 
 Row run_dense_decode_case(const testing::DenseDecodeCase& cs, const RunOptions& opt);
+Row run_sparse_decode_case(const testing::SparseDecodeCase& cs, const RunOptions& opt);
 Row run_sparse_prefill_case(const testing::SparsePrefillCase& cs, const RunOptions& opt);
 
 }  // namespace flashmla::cli

@@ -27,11 +27,12 @@ struct Options {
   uint64_t seed = 1;
 };
 
-enum class Op { dense_decode, sparse_prefill };
+enum class Op { dense_decode, sparse_decode, sparse_prefill };
 
 // A preset: an operation on DeepSeek shapes (h_kv 1, d_qk 576, d_v 512). Dense decode: batch
 // sizes and mean lengths, each request's length max(N(mean, mean/2), q_len). Sparse prefill:
-// `mean_len` are s_kv values, `batch` is unused, topk indices per query token.
+// `mean_len` are s_kv values, `batch` is unused, topk indices per query token. Sparse decode:
+// FP8 V32 cache, `mean_len` tokens per request, topk indices per query token.
 struct Preset {
   const char* help;
   Op op;
@@ -51,6 +52,9 @@ const std::map<std::string, Preset>& presets() {
                          Op::dense_decode, {16}, {4096}, 2, 128, true, 0}},
       {"v3-decode-tp8", {"DeepSeek-V3 dense decode on a tensor-parallel rank (h_q 16)",
                          Op::dense_decode, {16, 64}, {4096}, 1, 16, false, 0}},
+      {"v32-sparse-decode", {"DeepSeek-V3.2 sparse decode, FP8 V32 cache, h_q 128, s_q 2, "
+                             "topk 2048, b 16, 4K tokens per request",
+                             Op::sparse_decode, {16}, {4096}, 2, 128, false, 2048}},
       {"v32-sparse-prefill", {"DeepSeek-V3.2 sparse prefill, h_q 128, topk 2048, s_kv 8K, "
                               "s_q 256 (FlashMLA's perf shape: -s 4096)",
                               Op::sparse_prefill, {1}, {8192}, 256, 128, false, 2048}},
@@ -76,7 +80,7 @@ int main(int argc, char** argv) {
                  "Decode: mean KV lengths, each request's max(N(mean, mean/2), q_len); "
                  "sparse prefill: s_kv values")
       ->check(non_negative);
-  app.add_option("--topk", opt.topk, "Sparse prefill: indices per query token")
+  app.add_option("--topk", opt.topk, "Sparse decode / prefill: indices per query token")
       ->check(positive);
   app.add_option("-s,--q-len", opt.q_len,
                  "Query tokens per request (s_q; >1 for MTP); sparse prefill: query tokens")
@@ -132,6 +136,13 @@ int main(int argc, char** argv) {
                .page_block_size = opt.page_block_size ? opt.page_block_size : 64,
                .varlen = true, .causal = causal,
                .dtype = opt.dtype == "fp16" ? DType::fp16 : DType::bf16, .seed = opt.seed},
+              run);
+        } else if (pre.op == Op::sparse_decode) {
+          r = flashmla::cli::run_sparse_decode_case(
+              {.batch = b, .q_len = q_len, .num_heads_q = heads_q, .d_qk = 576, .kv_len = len,
+               .topk = opt.topk ? opt.topk : pre.topk,
+               .page_block_size = opt.page_block_size ? opt.page_block_size : 64,
+               .sink = true, .seed = opt.seed},
               run);
         } else {
           r = flashmla::cli::run_sparse_prefill_case(

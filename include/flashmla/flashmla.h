@@ -58,7 +58,14 @@ inline constexpr int kSchedulerBlockSize = 64;     // tokens per scheduler block
 inline constexpr int kSchedulerFixedOverhead = 5;  // cost of one piece, in blocks
 
 struct MlaMetadataArgs {
-  TensorView cache_seqlens;            // (b,) int32, contiguous: KV tokens of each request
+  TensorView cache_seqlens;            // dense: (b,) int32, contiguous: KV tokens of each request
+  // Sparse mode (topk > 0), as the sparse decode call will use it (§5.3 step 1); then
+  // cache_seqlens is not used and the batch is topk_length's or `batch`.
+  int64_t batch = 0;                   // sparse: requests (when topk_length is null)
+  int64_t topk = 0;                    // sparse: columns of `indices`; 0 = dense mode
+  TensorView topk_length;              // sparse: optional (b,) int32
+  int64_t extra_topk = 0;              // sparse: columns of extra_indices_in_kvcache; 0 = none
+  TensorView extra_topk_length;        // sparse: optional (b,) int32
   int num_sm_parts = 0;                // in [1, kMaxSmParts]; mla_num_sm_parts() gives the
                                        // CPU's number
   TensorView tile_scheduler_metadata;  // (num_sm_parts, 8) int32, contiguous; written
@@ -86,6 +93,20 @@ struct MlaDecodeArgs {
   TensorView num_splits;               // (b + 1,) int32, contiguous; may be null
   TensorView out;            // (b, s_q, h_q, 512), q's dtype; written
   TensorView lse;            // (b, h_q, s_q) fp32, natural log; written
+
+  // Sparse mode (FlashMLA's `indices` path, §3.3), enabled when `indices` is given. Then q is
+  // bf16 with d_qk 576 (FP8 format V32) or 512 (MODEL1); k_cache is either an FP8 cache
+  // (num_blocks, page_block_size, 1, 656 | 584) of a 1-byte dtype with stride(1) == bytes per
+  // token, or a bf16 cache (num_blocks, page_block_size, 1, d_qk); h_kv = 1; causal must be
+  // false; block_table and cache_seqlens are not used (may be null). V = the first 512
+  // dequantized channels (V32) or all 512 (MODEL1).
+  TensorView indices;        // (b, s_q, topk) int32, topk >= 1, last dim contiguous: physical
+                             // slots block * page_block_size + offset; -1 = invalid
+  TensorView topk_length;    // optional (b,) int32 in [0, topk]: leading columns used
+  TensorView attn_sink;      // optional (h_q,) fp32, natural units, +-inf allowed
+  TensorView extra_k_cache;  // optional second pool, like k_cache (own num_blocks and page size)
+  TensorView extra_indices_in_kvcache;  // (b, s_q, extra_topk) int32; iff extra_k_cache
+  TensorView extra_topk_length;         // optional (b,) int32 in [0, extra_topk]
 };
 
 void flash_mla_with_kvcache(const MlaDecodeArgs& args, const Context& ctx = {});

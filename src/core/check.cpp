@@ -18,6 +18,20 @@ std::string dtype_list(std::initializer_list<DType> allowed) {
   return s;
 }
 
+const int32_t* checked_lengths(const Checker& c, const TensorView& t, const char* arg,
+                               int64_t batch, int64_t max) {
+  if (!t.defined()) return nullptr;
+  c.tensor(t, arg, {DType::int32}, {batch}, true);
+  const auto* len = t.ptr<const int32_t>();
+  for (int64_t i = 0; i < batch; ++i) {
+    if (len[i] < 0 || len[i] > max) {
+      c.fail(ErrorKind::value, arg, "values in [0, " + std::to_string(max) + "]",
+             std::string(arg) + "[" + std::to_string(i) + "] = " + std::to_string(len[i]));
+    }
+  }
+  return len;
+}
+
 int checked_num_threads(const Checker& c, const Context& ctx) {
   if (ctx.num_threads < 0 || ctx.num_threads > kMaxThreads) {
     c.fail(ErrorKind::value, "ctx.num_threads",

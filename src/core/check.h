@@ -44,6 +44,10 @@ class Checker {
 
 std::string dtype_list(std::initializer_list<DType> allowed);
 
+// An optional (batch,) int32 contiguous tensor of lengths in [0, max]; null when not given.
+const int32_t* checked_lengths(const Checker& c, const TensorView& t, const char* arg,
+                               int64_t batch, int64_t max);
+
 // ctx.num_threads in [0, kMaxThreads]. Returns the number of worker threads the call uses.
 int checked_num_threads(const Checker& c, const Context& ctx);
 

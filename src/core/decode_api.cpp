@@ -1,11 +1,14 @@
 // flash_mla_with_kvcache (dense): arguments -> validated params -> CPU kernel.
 #include <cmath>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
 #include "core/decode_params.h"
+#include "core/schedule_arg.h"
 #include "core/scheduler.h"
+#include "core/sparse_decode_call.h"
 #include "cpu/decode/dense_decode.h"
 #include "flashmla/flashmla.h"
 
@@ -102,6 +105,17 @@ core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
     }
   }
 
+  // Sparse-only arguments (FlashMLA asserts they are None on the dense path).
+  for (auto [t, name] : {std::pair{&a.topk_length, "topk_length"}, {&a.attn_sink, "attn_sink"},
+                         {&a.extra_k_cache, "extra_k_cache"},
+                         {&a.extra_indices_in_kvcache, "extra_indices_in_kvcache"},
+                         {&a.extra_topk_length, "extra_topk_length"}}) {
+    if (t->defined()) {
+      c.fail(ErrorKind::value, name, "null without indices (a sparse-mode argument)",
+             "a tensor of shape " + t->shape_string());
+    }
+  }
+
   c.present(a.out, "out");
   c.rank(a.out, "out", 4);
   c.dtype(a.out, "out", {a.q.dtype});
@@ -132,84 +146,40 @@ core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
   return p;
 }
 
-// The caller's schedule, checked against the lengths; or a fresh one in `storage`.
-void attach_schedule(const MlaDecodeArgs& a, core::DenseDecodeParams& p,
-                     std::vector<core::SchedRecord>& storage, std::vector<int32_t>& splits) {
-  core::Checker c(kFn);
-  std::span<const int32_t> seqlens(p.cache_seqlens, p.batch);
-  const bool has_meta = a.tile_scheduler_metadata.defined(), has_splits = a.num_splits.defined();
-  if (has_meta != has_splits) {
-    c.fail(ErrorKind::value, has_meta ? "num_splits" : "tile_scheduler_metadata",
-           "to be given together with " +
-               std::string(has_meta ? "tile_scheduler_metadata" : "num_splits"),
-           "null");
-  }
-  if (!has_meta) {
-    const int parts = p.num_threads;
-    storage.resize(parts);
-    splits.resize(p.batch + 1);
-    core::schedule_split_kv(seqlens, kSchedulerBlockSize, kSchedulerFixedOverhead, parts,
-                            storage.data(), splits.data());
-    p.sched = storage.data();
-    p.num_parts = parts;
-    p.num_splits = splits.data();
-    return;
-  }
-  const TensorView& m = a.tile_scheduler_metadata;
-  c.present(m, "tile_scheduler_metadata");
-  c.dtype(m, "tile_scheduler_metadata", {DType::int32});
-  c.rank(m, "tile_scheduler_metadata", 2);
-  if (m.size(0) < 1 || m.size(0) > kMaxSmParts) {
-    c.fail(ErrorKind::value, "tile_scheduler_metadata",
-           "shape (num_sm_parts in [1, " + std::to_string(kMaxSmParts) + "], 8)",
-           m.shape_string());
-  }
-  c.shape(m, "tile_scheduler_metadata", {m.size(0), core::kSchedRecordInts});
-  c.contiguous(m, "tile_scheduler_metadata");
-  c.tensor(a.num_splits, "num_splits", {DType::int32}, {p.batch + 1}, true);
-  std::span<const core::SchedRecord> records(m.ptr<const core::SchedRecord>(), m.size(0));
-  std::span<const int32_t> given_splits(a.num_splits.ptr<const int32_t>(), p.batch + 1);
-  if (std::string why = core::schedule_mismatch(seqlens, kSchedulerBlockSize,
-                                                kSchedulerFixedOverhead, records, given_splits);
-      !why.empty()) {
-    c.fail(ErrorKind::value, "tile_scheduler_metadata",
-           "the schedule get_mla_metadata computes for these cache_seqlens with " +
-               std::to_string(records.size()) + " parts",
-           "a different one (" + why + ")");
-  }
-  p.sched = records.data();
-  p.num_parts = static_cast<int>(records.size());
-  p.num_splits = given_splits.data();
+// Validation (throws) and the schedule of a dense call.
+core::DenseDecodeParams prepare(const MlaDecodeArgs& args, const Context& ctx,
+                                core::ResolvedSchedule& sched) {
+  core::DenseDecodeParams p = validate(args, ctx);
+  core::resolve_schedule(core::Checker(kFn), args.tile_scheduler_metadata, args.num_splits,
+                         std::span<const int32_t>(p.cache_seqlens, p.batch), p.num_threads,
+                         "cache_seqlens", sched);
+  p.sched = sched.records;
+  p.num_parts = sched.num_parts;
+  p.num_splits = sched.num_splits;
+  return p;
 }
 
 }  // namespace
 
 void flash_mla_with_kvcache(const MlaDecodeArgs& args, const Context& ctx) {
-  core::DenseDecodeParams p = validate(args, ctx);
-  std::vector<core::SchedRecord> sched_storage;
-  std::vector<int32_t> splits_storage;
-  attach_schedule(args, p, sched_storage, splits_storage);
-
-  // Accumulators for split pieces: slots [0, num_splits[b]).
-  std::vector<float> lse_accum, o_accum;
-  const int64_t num_slots = p.num_splits[p.batch];
-  if (num_slots > p.batch) {
-    const int64_t rows = num_slots * p.q_len * p.num_heads_q;
-    lse_accum.resize(rows);
-    o_accum.resize(rows * p.d_v);
-    p.lse_accum = lse_accum.data();
-    p.o_accum = o_accum.data();
-  }
+  if (args.indices.defined()) return core::sparse_decode_call(args, ctx, /*run=*/true);
+  core::ResolvedSchedule sched;
+  core::DenseDecodeParams p = prepare(args, ctx, sched);
+  core::allocate_accumulators(sched, p.batch, p.q_len, p.num_heads_q, p.d_v);
+  p.lse_accum = sched.lse_accum.empty() ? nullptr : sched.lse_accum.data();
+  p.o_accum = sched.o_accum.empty() ? nullptr : sched.o_accum.data();
   cpu::decode::run_dense_decode(p);
 }
 
 std::optional<std::string> flash_mla_with_kvcache_can_run(const MlaDecodeArgs& args,
                                                           const Context& ctx) {
   try {
-    core::DenseDecodeParams p = validate(args, ctx);
-    std::vector<core::SchedRecord> sched_storage;
-    std::vector<int32_t> splits_storage;
-    attach_schedule(args, p, sched_storage, splits_storage);
+    if (args.indices.defined()) {
+      core::sparse_decode_call(args, ctx, /*run=*/false);
+    } else {
+      core::ResolvedSchedule sched;
+      prepare(args, ctx, sched);
+    }
   } catch (const Error& e) {
     return std::string(e.what());
   }

@@ -1,6 +1,7 @@
 // get_mla_metadata and mla_num_sm_parts: argument checks around the scheduler of core/scheduler.
 #include <algorithm>
 #include <span>
+#include <vector>
 
 #include "core/check.h"
 #include "core/scheduler.h"
@@ -27,29 +28,55 @@ int mla_num_sm_parts(const MlaDecodeShape& shape, const Context& ctx) {
 
 void get_mla_metadata(const MlaMetadataArgs& args) {
   core::Checker c("get_mla_metadata");
-  c.present(args.cache_seqlens, "cache_seqlens");
-  c.dtype(args.cache_seqlens, "cache_seqlens", {DType::int32});
-  c.rank(args.cache_seqlens, "cache_seqlens", 1);
-  c.contiguous(args.cache_seqlens, "cache_seqlens");
-  const int64_t batch = args.cache_seqlens.size(0);
-  if (batch < 1) c.fail(ErrorKind::value, "cache_seqlens", "at least one request", "shape (0,)");
   if (args.num_sm_parts < 1 || args.num_sm_parts > kMaxSmParts) {
     c.fail(ErrorKind::value, "num_sm_parts", "a value in [1, " + std::to_string(kMaxSmParts) + "]",
            std::to_string(args.num_sm_parts));
   }
+  std::vector<int32_t> n_tok;  // the scheduler's tokens per request (§5.3 step 1)
+  if (args.topk > 0) {         // sparse mode
+    const int64_t batch = args.topk_length.defined() ? args.topk_length.size(0) : args.batch;
+    if (batch < 1) {
+      c.fail(ErrorKind::value, "batch", ">= 1 (or a topk_length tensor)", std::to_string(batch));
+    }
+    if (args.topk > core::kMaxSparseTopk) {
+      c.fail(ErrorKind::value, "topk", "<= " + std::to_string(core::kMaxSparseTopk),
+             std::to_string(args.topk));
+    }
+    if (args.extra_topk < 0 || args.extra_topk > core::kMaxSparseTopk) {
+      c.fail(ErrorKind::value, "extra_topk", "in [0, " + std::to_string(core::kMaxSparseTopk) + "]",
+             std::to_string(args.extra_topk));
+    }
+    if (args.extra_topk == 0 && args.extra_topk_length.defined()) {
+      c.fail(ErrorKind::value, "extra_topk_length", "null without an extra list (extra_topk 0)",
+             "a tensor of shape " + args.extra_topk_length.shape_string());
+    }
+    const int32_t* len = core::checked_lengths(c, args.topk_length, "topk_length", batch, args.topk);
+    const int32_t* extra_len = core::checked_lengths(c, args.extra_topk_length, "extra_topk_length",
+                                                     batch, args.extra_topk);
+    n_tok = core::sparse_token_counts(batch, args.topk, len, args.extra_topk, extra_len);
+  } else {
+    if (args.topk < 0) c.fail(ErrorKind::value, "topk", ">= 0 (0 = dense)", std::to_string(args.topk));
+    c.present(args.cache_seqlens, "cache_seqlens");
+    c.dtype(args.cache_seqlens, "cache_seqlens", {DType::int32});
+    c.rank(args.cache_seqlens, "cache_seqlens", 1);
+    c.contiguous(args.cache_seqlens, "cache_seqlens");
+    const int64_t batch = args.cache_seqlens.size(0);
+    if (batch < 1) c.fail(ErrorKind::value, "cache_seqlens", "at least one request", "shape (0,)");
+    const auto* seqlens = args.cache_seqlens.ptr<const int32_t>();
+    for (int64_t i = 0; i < batch; ++i) {
+      if (seqlens[i] < 0) {
+        c.fail(ErrorKind::value, "cache_seqlens", "non-negative lengths",
+               "cache_seqlens[" + std::to_string(i) + "] = " + std::to_string(seqlens[i]));
+      }
+    }
+    n_tok.assign(seqlens, seqlens + batch);
+  }
+  const int64_t batch = static_cast<int64_t>(n_tok.size());
   c.tensor(args.tile_scheduler_metadata, "tile_scheduler_metadata", {DType::int32},
            {args.num_sm_parts, core::kSchedRecordInts}, true);
   c.contiguous(args.tile_scheduler_metadata, "tile_scheduler_metadata");
   c.tensor(args.num_splits, "num_splits", {DType::int32}, {batch + 1}, true);
-
-  std::span<const int32_t> seqlens(args.cache_seqlens.ptr<const int32_t>(), batch);
-  for (int64_t i = 0; i < batch; ++i) {
-    if (seqlens[i] < 0) {
-      c.fail(ErrorKind::value, "cache_seqlens", "non-negative lengths",
-             "cache_seqlens[" + std::to_string(i) + "] = " + std::to_string(seqlens[i]));
-    }
-  }
-  core::schedule_split_kv(seqlens, kSchedulerBlockSize, kSchedulerFixedOverhead, args.num_sm_parts,
+  core::schedule_split_kv(n_tok, kSchedulerBlockSize, kSchedulerFixedOverhead, args.num_sm_parts,
                           args.tile_scheduler_metadata.ptr<core::SchedRecord>(),
                           args.num_splits.ptr<int32_t>());
 }

@@ -3,6 +3,7 @@
 
 #include "core/combine_params.h"
 #include "core/decode_params.h"
+#include "core/sparse_decode_params.h"
 #include "core/sparse_prefill_params.h"
 
 namespace flashmla::core {
@@ -22,6 +23,17 @@ std::string CombineParams::to_string() const {
   os << "combine{batch=" << batch << ", q_len=" << q_len << ", num_heads_q=" << num_heads_q
      << ", d_v=" << d_v << ", sink=" << (attn_sink != nullptr)
      << ", out_dtype=" << dtype_name(out_dtype) << ", threads=" << num_threads << "}";
+  return os.str();
+}
+
+std::string SparseDecodeParams::to_string() const {
+  static const char* kinds[] = {"bf16", "fp8_v32", "fp8_model1"};
+  std::ostringstream os;
+  os << "sparse_decode{batch=" << batch << ", q_len=" << q_len << ", num_heads_q=" << num_heads_q
+     << ", d_qk=" << d_qk << ", cache=" << kinds[static_cast<int>(main.kind)]
+     << ", topk=" << main.topk << ", extra_topk=" << (extra.indices ? extra.topk : 0)
+     << ", sink=" << (attn_sink != nullptr) << ", num_parts=" << num_parts
+     << ", threads=" << num_threads << "}";
   return os.str();
 }
 

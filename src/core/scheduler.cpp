@@ -63,6 +63,20 @@ void schedule_split_kv(std::span<const int32_t> n_tok, int block_size, int fixed
   }
 }
 
+std::vector<int32_t> sparse_token_counts(int64_t batch, int64_t topk, const int32_t* topk_length,
+                                         int64_t extra_topk, const int32_t* extra_topk_length) {
+  std::vector<int32_t> n_tok(batch);
+  for (int64_t i = 0; i < batch; ++i) {
+    int64_t t = topk_length ? topk_length[i] : topk;
+    if (t == 0) t = 1;
+    if (extra_topk > 0) {
+      t = (t + 63) / 64 * 64 + (extra_topk_length ? extra_topk_length[i] : extra_topk);
+    }
+    n_tok[i] = static_cast<int32_t>(t);
+  }
+  return n_tok;
+}
+
 std::string schedule_mismatch(std::span<const int32_t> n_tok, int block_size, int fixed_overhead,
                               std::span<const SchedRecord> records,
                               std::span<const int32_t> num_splits) {

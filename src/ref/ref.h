@@ -12,6 +12,12 @@ namespace flashmla::ref {
 // args.tile_scheduler_metadata / num_splits are ignored.
 void dense_decode(const MlaDecodeArgs& args);
 
+// Sparse MLA decode (reference §3.1, §3.3, §6.3): the `indices` mode of MlaDecodeArgs. FP8 caches
+// are read through the format's dequantizer (cpu/common/kv_codec.h); entries that are -1 or at
+// columns >= topk_length (extra: extra_topk_length) are never read; the sink scales out only;
+// empty rows give out 0 and lse +inf.
+void sparse_decode(const MlaDecodeArgs& args);
+
 // Combine of split pieces (reference §5.6), in double: same contract as flashmla::mla_combine.
 void combine(const MlaCombineArgs& args);
 

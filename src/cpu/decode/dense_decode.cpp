@@ -121,8 +121,7 @@ class DenseDecodeDriver {
           l > 0.0f ? (m + std::log2(l)) * static_cast<float>(M_LN2) : kInf;
     } else {
       const int64_t row = (pc.slot * p_.q_len + s) * p_.num_heads_q + h;
-      store_row(o, inv_l, p_.d_v, DType::fp32, p_.o_accum + row * p_.d_v);
-      p_.lse_accum[row] = l > 0.0f ? m + std::log2(l) : -kInf;
+      store_split_piece(o, m, l, p_.d_v, p_.o_accum + row * p_.d_v, p_.lse_accum + row);
     }
   }
 

@@ -1,0 +1,184 @@
+// Sparse MLA decode on the CPU. A part walks its (request, block) range of the sparse schedule:
+// block k of a request covers 64 columns of its main index list (the first max(ceil(t/64), 1)
+// blocks) or of its extra list (the rest), as in §5.3. For every query token and tile of heads,
+// the valid entries of a block are gathered compacted (FP8 tokens dequantised once into a bf16
+// staging tile shared by all heads), packed once for both products, and folded into the online
+// softmax. Unsplit requests are finalised with the sink; split pieces go to the accumulators.
+#include "cpu/decode/sparse_decode.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/common/attn_scratch.h"
+#include "cpu/common/kv_codec.h"
+#include "cpu/common/microkernel.h"
+#include "cpu/common/online_softmax.h"
+#include "cpu/decode/combine.h"
+#include "cpu/decode/store.h"
+
+namespace flashmla::cpu::decode {
+namespace {
+
+using core::KvCacheKind;
+using core::SparseKvPool;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int kMaxRowTile = 128;
+
+struct Scratch : AttnScratch {
+  std::vector<uint16_t> staging;  // kKvTile dequantised tokens, d_qk bf16 each
+  Scratch(const AttnMicrokernel& mk, int row_tile, int d_qk)
+      : AttnScratch(mk, row_tile, d_qk, 512), staging(static_cast<size_t>(kKvTile) * d_qk) {}
+};
+
+// Gathers the valid in-length entries of columns [c0, c1) of one query token's list into
+// sc.tokens (bf16 rows); returns how many.
+int gather(const SparseKvPool& pool, const int32_t* row, int64_t c0, int64_t c1, int d_qk,
+           Scratch& sc) {
+  int n = 0;
+  for (int64_t col = c0; col < c1; ++col) {
+    const int32_t v = row[col];
+    if (v == -1) continue;
+    const int64_t blk = v / pool.page_block_size, off = v % pool.page_block_size;
+    const uint8_t* block = pool.data + blk * pool.block_stride_bytes;
+    if (pool.kind == KvCacheKind::bf16) {
+      sc.tokens[n++] = block + off * pool.token_stride_bytes;
+      continue;
+    }
+    const KvFormat format = pool.kind == KvCacheKind::fp8_v32 ? KvFormat::v32 : KvFormat::model1;
+    uint16_t* dst = sc.staging.data() + static_cast<size_t>(n) * d_qk;
+    dequantize_kv_token(format,
+                        kv_token_bytes(format, const_cast<uint8_t*>(block),
+                                       pool.page_block_size, off),
+                        dst);
+    sc.tokens[n++] = dst;
+  }
+  return n;
+}
+
+class SparseDecodeDriver {
+ public:
+  SparseDecodeDriver(const core::SparseDecodeParams& p, const AttnMicrokernel& mk)
+      : p_(p), mk_(mk) {}
+
+  int row_tile() const { return static_cast<int>(std::min<int64_t>(p_.num_heads_q, kMaxRowTile)); }
+
+  void run_part(int part, Scratch& sc) const {
+    const core::SchedRecord& rec = p_.sched[part];
+    for (int64_t r = rec.begin_req_idx; r <= rec.end_req_idx && r < p_.batch; ++r) {
+      const bool is_begin = r == rec.begin_req_idx, is_end = r == rec.end_req_idx;
+      const int64_t blk0 = is_begin ? rec.begin_block_idx : 0;
+      const int64_t blk1 = is_end ? rec.end_block_idx : num_blocks(r);
+      bool split = false;
+      if (is_begin) split = rec.is_first_req_splitted != 0;
+      else if (is_end) split = rec.is_last_req_splitted != 0;
+      const int64_t slot = p_.num_splits[r] + (is_begin ? rec.begin_split_idx : 0);
+      for (int64_t s = 0; s < p_.q_len; ++s) {
+        for (int64_t h0 = 0; h0 < p_.num_heads_q; h0 += row_tile()) {
+          const int nh = static_cast<int>(std::min<int64_t>(row_tile(), p_.num_heads_q - h0));
+          run_piece(r, s, h0, nh, blk0, blk1, split, slot, sc);
+        }
+      }
+    }
+  }
+
+ private:
+  static int64_t length(const SparseKvPool& pool, int64_t r) {
+    return pool.topk_length ? pool.topk_length[r] : pool.topk;
+  }
+  int64_t main_blocks(int64_t r) const {
+    return core::sparse_main_blocks(length(p_.main, r), kKvTile);
+  }
+  int64_t num_blocks(int64_t r) const {
+    const int64_t extra = p_.extra.indices ? (length(p_.extra, r) + kKvTile - 1) / kKvTile : 0;
+    return main_blocks(r) + extra;
+  }
+
+  void run_piece(int64_t r, int64_t s, int64_t h0, int nh, int64_t blk0, int64_t blk1,
+                 bool split, int64_t slot, Scratch& sc) const {
+    const int d_qk = static_cast<int>(p_.d_qk), d_v = static_cast<int>(p_.d_v);
+    for (int i = 0; i < nh; ++i) {
+      sc.rows[i] = p_.q + r * p_.q_stride[0] + s * p_.q_stride[1] + (h0 + i) * p_.q_stride[2];
+    }
+    mk_.pack_q(sc.rows.data(), nh, DType::bf16, d_qk, sc.q.data());
+    std::fill(sc.m.begin(), sc.m.begin() + nh, -kInf);
+    std::fill(sc.l.begin(), sc.l.begin() + nh, 0.0f);
+    std::fill(sc.o.begin(), sc.o.begin() + static_cast<size_t>(nh) * d_v, 0.0f);
+
+    const int64_t main = main_blocks(r);
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const bool in_main = blk < main;
+      const SparseKvPool& pool = in_main ? p_.main : p_.extra;
+      const int64_t c0 = (in_main ? blk : blk - main) * kKvTile;
+      const int64_t c1 = std::min(c0 + kKvTile, length(pool, r));
+      const int32_t* row = pool.indices + r * pool.indices_stride[0] + s * pool.indices_stride[1];
+      const int n = gather(pool, row, c0, c1, d_qk, sc);
+      if (n == 0) continue;
+      mk_.pack_kv(sc.tokens.data(), n, DType::bf16, d_qk, d_v, sc.k.data(), sc.v.data());
+      mk_.qk(sc.q.data(), nh, sc.k.data(), d_qk, p_.scale_log2, sc.s.data());
+      for (int i = 0; i < nh; ++i) {
+        online_softmax_update(sc.s.data() + static_cast<size_t>(i) * kKvTile, n, sc.m[i],
+                              sc.l[i], sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
+      }
+      mk_.pv(sc.s.data(), nh, n, sc.v.data(), d_v, sc.o.data());
+    }
+
+    for (int i = 0; i < nh; ++i) {
+      const int64_t h = h0 + i;
+      const float l = sc.l[i], m = sc.m[i];
+      const float* o = sc.o.data() + static_cast<size_t>(i) * d_v;
+      if (split) {  // the combine applies the sink
+        const int64_t row = (slot * p_.q_len + s) * p_.num_heads_q + h;
+        store_split_piece(o, m, l, d_v, p_.o_accum + row * d_v, p_.lse_accum + row);
+        continue;
+      }
+      float* lse = p_.lse + r * p_.lse_stride[0] + h * p_.lse_stride[1] + s * p_.lse_stride[2];
+      float factor = 0.0f;  // empty row: out 0, lse +inf
+      *lse = kInf;
+      if (l > 0.0f) {
+        *lse = (m + std::log2(l)) * static_cast<float>(M_LN2);
+        factor = 1.0f / l;
+        if (p_.attn_sink) factor /= 1.0f + std::exp(p_.attn_sink[h] - *lse);
+      }
+      store_row(o, factor, d_v, DType::bf16,
+                p_.out + r * p_.out_stride[0] + s * p_.out_stride[1] + h * p_.out_stride[2]);
+    }
+  }
+
+  const core::SparseDecodeParams& p_;
+  const AttnMicrokernel& mk_;
+};
+
+}  // namespace
+
+void run_sparse_decode(const core::SparseDecodeParams& p) {
+  const AttnMicrokernel& mk = portable_microkernel();
+  const SparseDecodeDriver driver(p, mk);
+#pragma omp parallel num_threads(p.num_threads)
+  {
+    Scratch scratch(mk, driver.row_tile(), static_cast<int>(p.d_qk));
+#pragma omp for schedule(dynamic, 1)
+    for (int part = 0; part < p.num_parts; ++part) driver.run_part(part, scratch);
+  }
+  if (p.num_splits[p.batch] == p.batch) return;  // no request was split
+  const int64_t slot_rows = p.q_len * p.num_heads_q;
+  run_combine({
+      .batch = p.batch, .q_len = p.q_len, .num_heads_q = p.num_heads_q, .d_v = p.d_v,
+      .lse_accum = p.lse_accum,
+      .lse_accum_stride = {slot_rows, p.num_heads_q, 1},
+      .o_accum = p.o_accum,
+      .o_accum_stride = {slot_rows * p.d_v, p.num_heads_q * p.d_v, p.d_v},
+      .num_splits = p.num_splits,
+      .attn_sink = p.attn_sink,
+      .out_dtype = DType::bf16,
+      .out = p.out,
+      .out_stride = {p.out_stride[0], p.out_stride[1], p.out_stride[2]},
+      .lse = p.lse,
+      .lse_stride = {p.lse_stride[0], p.lse_stride[1], p.lse_stride[2]},
+      .num_threads = p.num_threads,
+  });
+}
+
+}  // namespace flashmla::cpu::decode
