@@ -18,6 +18,7 @@ namespace {
 constexpr const char* kFn = "flash_mla_with_kvcache";
 constexpr int64_t kDqk = 576;
 constexpr int64_t kDv = 512;
+constexpr int64_t kFp8V32BytesPerToken = 656;
 
 std::string at(const char* name, std::initializer_list<int64_t> idx) {
   std::string s = name;
@@ -43,16 +44,33 @@ core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
 
   c.present(a.k_cache, "k_cache");
   c.rank(a.k_cache, "k_cache", 4);
-  c.dtype(a.k_cache, "k_cache", {a.q.dtype});
+  // q's dtype, or (bf16 q only) an FP8 cache in format V32: 656 bytes per token, h_kv = 1.
+  const bool fp8 = a.k_cache.dtype == DType::uint8 || a.k_cache.dtype == DType::fp8_e4m3;
+  if (a.q.dtype == DType::bf16) {
+    c.dtype(a.k_cache, "k_cache", {DType::bf16, DType::uint8, DType::fp8_e4m3});
+  } else {
+    c.dtype(a.k_cache, "k_cache", {a.q.dtype});
+  }
   const int64_t num_blocks = a.k_cache.size(0), page = a.k_cache.size(1),
                 h_kv = a.k_cache.size(2);
-  if (page < 1 || h_kv < 1) {
+  const int64_t width = fp8 ? kFp8V32BytesPerToken : kDqk;
+  if (page < 1 || h_kv < 1 || (fp8 && h_kv != 1)) {
     c.fail(ErrorKind::value, "k_cache",
-           "shape (num_blocks, page_block_size >= 1, num_heads_kv >= 1, 576)",
+           fp8 ? "shape (num_blocks, page_block_size >= 1, 1, 656) for an FP8 V32 cache"
+               : "shape (num_blocks, page_block_size >= 1, num_heads_kv >= 1, 576)",
            a.k_cache.shape_string());
   }
-  c.shape(a.k_cache, "k_cache", {num_blocks, page, h_kv, kDqk});
+  c.shape(a.k_cache, "k_cache", {num_blocks, page, h_kv, width});
   c.last_dim_contiguous(a.k_cache, "k_cache");
+  if (fp8 && page > 1 && a.k_cache.stride(1) != kFp8V32BytesPerToken) {
+    c.fail(ErrorKind::value, "k_cache", "stride(1) == 656 (bytes per token of V32)",
+           "strides " + a.k_cache.strides_string());
+  }
+  if (fp8 && num_blocks > 1 && a.k_cache.stride(0) < page * kFp8V32BytesPerToken) {
+    c.fail(ErrorKind::value, "k_cache",
+           "stride(0) >= " + std::to_string(page * kFp8V32BytesPerToken) + " (a whole page block)",
+           "strides " + a.k_cache.strides_string());
+  }
   if (h_q % h_kv != 0) {
     c.fail(ErrorKind::value, "k_cache",
            "num_heads_kv (dim 2) dividing num_heads_q = " + std::to_string(h_q),
@@ -129,6 +147,7 @@ core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
       .batch = b, .q_len = s_q, .num_heads_q = h_q, .num_heads_kv = h_kv,
       .d_qk = kDqk, .d_v = kDv, .page_block_size = page, .num_blocks = num_blocks,
       .dtype = a.q.dtype,
+      .kv_fp8_v32 = fp8,
       .scale_log2 = scale * static_cast<float>(M_LOG2E),
       .causal = a.causal && s_q > 1,
       .q = a.q.data,

@@ -14,7 +14,8 @@ struct DenseDecodeParams {
   int64_t batch = 0, q_len = 0, num_heads_q = 0, num_heads_kv = 0;
   int64_t d_qk = 0, d_v = 0;
   int64_t page_block_size = 0, num_blocks = 0;
-  DType dtype = DType::bf16;    // of q, k_cache and out
+  DType dtype = DType::bf16;    // of q and out (and k_cache unless kv_fp8_v32)
+  bool kv_fp8_v32 = false;      // k_cache holds FP8 V32 tokens (656 bytes; k_stride in bytes)
   float scale_log2 = 0;         // softmax_scale * log2(e): logits are kept in log2 units
   bool causal = false;          // already false when q_len == 1
 

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/common/kv_codec.h"
 #include "ref/element.h"
 #include "ref/ref.h"
 
@@ -22,13 +23,20 @@ int32_t load_i32(const TensorView& t, int64_t offset) { return t.ptr<const int32
 std::vector<double> gather_keys(const MlaDecodeArgs& a, int64_t i, int64_t kv_head,
                                 int64_t seqlen) {
   const TensorView& kc = a.k_cache;
-  const int64_t page = kc.shape[1], d_qk = kc.shape[3];
+  const int64_t page = kc.shape[1], d_qk = a.q.shape[3];
   std::vector<double> keys(static_cast<size_t>(seqlen * d_qk));
   for (int64_t t = 0; t < seqlen; ++t) {
     const int64_t block = load_i32(a.block_table, i * a.block_table.strides[0] +
                                                       (t / page) * a.block_table.strides[1]);
     const int64_t base = block * kc.strides[0] + (t % page) * kc.strides[1] +
                          kv_head * kc.strides[2];
+    if (kc.dtype == DType::uint8 || kc.dtype == DType::fp8_e4m3) {  // FP8 V32 (656 B/token)
+      auto* bytes = kc.ptr<uint8_t>() + base;
+      uint16_t token[576];
+      cpu::dequantize_kv_token(KvFormat::v32, {bytes, bytes + 512}, token);
+      for (int64_t c = 0; c < d_qk; ++c) keys[t * d_qk + c] = cpu::bf16_to_float(token[c]);
+      continue;
+    }
     for (int64_t c = 0; c < d_qk; ++c) keys[t * d_qk + c] = load(kc, base + c * kc.strides[3]);
   }
   return keys;

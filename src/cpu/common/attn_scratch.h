@@ -2,6 +2,7 @@
 // one KV tile, the score tile, and the online-softmax state of each row.
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
 #include "cpu/common/microkernel.h"
@@ -14,12 +15,13 @@ struct AttnScratch {
   std::vector<float> o;                // (row_tile, d_v) running output
   std::vector<float> m, l;             // running max (log2 units) and sum per row
   std::vector<const void*> rows, tokens;  // gathered query rows and KV tokens
+  std::vector<uint16_t> staging;          // FP8 tokens dequantised to bf16: kKvTile x d_qk
 
   AttnScratch(const AttnMicrokernel& mk, int row_tile, int d_qk, int d_v)
       : q(mk.packed_q_bytes(row_tile, d_qk)), k(mk.packed_k_bytes(d_qk)),
         v(mk.packed_v_bytes(d_v)), s(static_cast<size_t>(row_tile) * kKvTile),
         o(static_cast<size_t>(row_tile) * d_v), m(row_tile), l(row_tile), rows(row_tile),
-        tokens(kKvTile) {}
+        tokens(kKvTile), staging(static_cast<size_t>(kKvTile) * d_qk) {}
 };
 
 }  // namespace flashmla::cpu

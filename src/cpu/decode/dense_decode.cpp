@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/common/attn_scratch.h"
+#include "cpu/common/kv_codec.h"
 #include "cpu/common/microkernel.h"
 #include "cpu/common/online_softmax.h"
 #include "cpu/decode/combine.h"
@@ -35,7 +36,8 @@ struct Piece {
 class DenseDecodeDriver {
  public:
   DenseDecodeDriver(const core::DenseDecodeParams& p, const AttnMicrokernel& mk)
-      : p_(p), mk_(mk), hpk_(p.num_heads_q / p.num_heads_kv), elem_(dtype_size(p.dtype)) {}
+      : p_(p), mk_(mk), hpk_(p.num_heads_q / p.num_heads_kv), elem_(dtype_size(p.dtype)),
+        kv_elem_(p.kv_fp8_v32 ? 1 : elem_) {}
 
   int row_tile() const { return static_cast<int>(std::min<int64_t>(rows_per_kv(), kMaxRowTile)); }
   int64_t rows_per_kv() const { return p_.q_len * hpk_; }
@@ -70,7 +72,7 @@ class DenseDecodeDriver {
     const int64_t blk = p_.block_table[req * p_.block_table_stride + t / p_.page_block_size];
     const int64_t off = blk * p_.k_stride[0] + (t % p_.page_block_size) * p_.k_stride[1] +
                         kv_head * p_.k_stride[2];
-    return static_cast<const char*>(p_.k_cache) + off * static_cast<int64_t>(elem_);
+    return static_cast<const char*>(p_.k_cache) + off * static_cast<int64_t>(kv_elem_);
   }
 
   void run_piece(const Piece& pc, AttnScratch& sc) const {
@@ -89,8 +91,17 @@ class DenseDecodeDriver {
     const int64_t seqlen = p_.cache_seqlens[pc.req];
     for (int64_t t0 = pc.tok0; t0 < pc.tok1; t0 += kKvTile) {
       const int n = static_cast<int>(std::min<int64_t>(kKvTile, pc.tok1 - t0));
-      for (int j = 0; j < n; ++j) sc.tokens[j] = token_ptr(pc.req, pc.kv_head, t0 + j);
-      mk_.pack_kv(sc.tokens.data(), n, p_.dtype, d_qk, d_v, sc.k.data(), sc.v.data());
+      for (int j = 0; j < n; ++j) {
+        sc.tokens[j] = token_ptr(pc.req, pc.kv_head, t0 + j);
+        if (p_.kv_fp8_v32) {  // dequantised once per tile, for every head
+          uint16_t* dst = sc.staging.data() + static_cast<size_t>(j) * d_qk;
+          auto* bytes = static_cast<uint8_t*>(const_cast<void*>(sc.tokens[j]));
+          dequantize_kv_token(KvFormat::v32, {bytes, bytes + 512}, dst);
+          sc.tokens[j] = dst;
+        }
+      }
+      mk_.pack_kv(sc.tokens.data(), n, p_.kv_fp8_v32 ? DType::bf16 : p_.dtype, d_qk, d_v,
+                  sc.k.data(), sc.v.data());
       mk_.qk(sc.q.data(), m, sc.k.data(), d_qk, p_.scale_log2, sc.s.data());
       for (int i = 0; i < m; ++i) {
         // Keys visible to this row in the tile: causal hides the last q_len-1-s tokens.
@@ -128,7 +139,8 @@ class DenseDecodeDriver {
   const core::DenseDecodeParams& p_;
   const AttnMicrokernel& mk_;
   const int64_t hpk_;
-  const size_t elem_;
+  const size_t elem_;     // bytes per element of q and out
+  const size_t kv_elem_;  // bytes per element of k_cache
 };
 
 }  // namespace

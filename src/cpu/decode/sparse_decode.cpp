@@ -27,16 +27,10 @@ using core::SparseKvPool;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int kMaxRowTile = 128;
 
-struct Scratch : AttnScratch {
-  std::vector<uint16_t> staging;  // kKvTile dequantised tokens, d_qk bf16 each
-  Scratch(const AttnMicrokernel& mk, int row_tile, int d_qk)
-      : AttnScratch(mk, row_tile, d_qk, 512), staging(static_cast<size_t>(kKvTile) * d_qk) {}
-};
-
 // Gathers the valid in-length entries of columns [c0, c1) of one query token's list into
 // sc.tokens (bf16 rows); returns how many.
 int gather(const SparseKvPool& pool, const int32_t* row, int64_t c0, int64_t c1, int d_qk,
-           Scratch& sc) {
+           AttnScratch& sc) {
   int n = 0;
   for (int64_t col = c0; col < c1; ++col) {
     const int32_t v = row[col];
@@ -65,7 +59,7 @@ class SparseDecodeDriver {
 
   int row_tile() const { return static_cast<int>(std::min<int64_t>(p_.num_heads_q, kMaxRowTile)); }
 
-  void run_part(int part, Scratch& sc) const {
+  void run_part(int part, AttnScratch& sc) const {
     const core::SchedRecord& rec = p_.sched[part];
     for (int64_t r = rec.begin_req_idx; r <= rec.end_req_idx && r < p_.batch; ++r) {
       const bool is_begin = r == rec.begin_req_idx, is_end = r == rec.end_req_idx;
@@ -97,7 +91,7 @@ class SparseDecodeDriver {
   }
 
   void run_piece(int64_t r, int64_t s, int64_t h0, int nh, int64_t blk0, int64_t blk1,
-                 bool split, int64_t slot, Scratch& sc) const {
+                 bool split, int64_t slot, AttnScratch& sc) const {
     const int d_qk = static_cast<int>(p_.d_qk), d_v = static_cast<int>(p_.d_v);
     for (int i = 0; i < nh; ++i) {
       sc.rows[i] = p_.q + r * p_.q_stride[0] + s * p_.q_stride[1] + (h0 + i) * p_.q_stride[2];
@@ -158,7 +152,7 @@ void run_sparse_decode(const core::SparseDecodeParams& p) {
   const SparseDecodeDriver driver(p, mk);
 #pragma omp parallel num_threads(p.num_threads)
   {
-    Scratch scratch(mk, driver.row_tile(), static_cast<int>(p.d_qk));
+    AttnScratch scratch(mk, driver.row_tile(), static_cast<int>(p.d_qk), 512);
 #pragma omp for schedule(dynamic, 1)
     for (int part = 0; part < p.num_parts; ++part) driver.run_part(part, scratch);
   }
