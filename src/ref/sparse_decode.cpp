@@ -11,6 +11,7 @@
 #include "cpu/common/half.h"
 #include "cpu/common/kv_codec.h"
 #include "flashmla/kv_format.h"
+#include "ref/attention_row.h"
 #include "ref/element.h"
 #include "ref/ref.h"
 
@@ -18,7 +19,6 @@ namespace flashmla::ref {
 
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int64_t kDv = 512;
 
 int32_t load_i32(const TensorView& t, int64_t offset) { return t.ptr<const int32_t>()[offset]; }
@@ -98,39 +98,13 @@ void sparse_decode(const MlaDecodeArgs& a) {
           queries[c * h_q + h] = load(q, base + c * q.strides[3]);
         }
       }
-      std::vector<double> logits(static_cast<size_t>(n * h_q), 0.0);  // logits[j * h_q + h]
-      for (int64_t j = 0; j < n; ++j) {
-        double* row = &logits[j * h_q];
-        for (int64_t c = 0; c < d_qk; ++c) {
-          const double k = keys[j * d_qk + c];
-          for (int64_t h = 0; h < h_q; ++h) row[h] += queries[c * h_q + h] * k;
-        }
-        for (int64_t h = 0; h < h_q; ++h) row[h] *= scale;
-      }
-
+      const std::vector<double> logits = head_logits(queries, h_q, keys, n, d_qk, scale);
       std::vector<double> acc(static_cast<size_t>(kDv));
       for (int64_t h = 0; h < h_q; ++h) {
-        double row_lse = kInf;  // empty row: out 0, lse +inf
-        std::fill(acc.begin(), acc.end(), 0.0);
-        if (n > 0) {
-          double max_logit = -kInf;
-          for (int64_t j = 0; j < n; ++j) max_logit = std::max(max_logit, logits[j * h_q + h]);
-          double sum = 0;
-          for (int64_t j = 0; j < n; ++j) sum += std::exp(logits[j * h_q + h] - max_logit);
-          row_lse = max_logit + std::log(sum);
-          // V = the first 512 channels of each key (V32: the NoPE part; MODEL1: all of it).
-          for (int64_t j = 0; j < n; ++j) {
-            const double p = std::exp(logits[j * h_q + h] - row_lse);
-            for (int64_t c = 0; c < kDv; ++c) acc[c] += p * keys[j * d_qk + c];
-          }
-          // The sink is an extra logit with a zero value vector: it only rescales the output
-          // (sigma = +inf gives factor 0, sigma = -inf factor 1); lse never includes it.
-          if (a.attn_sink.defined()) {
-            const double sigma = load(a.attn_sink, h * a.attn_sink.strides[0]);
-            const double factor = 1.0 / (1.0 + std::exp(sigma - row_lse));
-            for (double& v : acc) v *= factor;
-          }
-        }
+        std::optional<double> sink;
+        if (a.attn_sink.defined()) sink = load(a.attn_sink, h * a.attn_sink.strides[0]);
+        // V = the first 512 channels of each key (V32: the NoPE part; MODEL1: all of it).
+        const double row_lse = softmax_row(logits, h_q, h, n, keys, d_qk, sink, acc).lse;
         const int64_t o_base = i * out.strides[0] + s * out.strides[1] + h * out.strides[2];
         for (int64_t c = 0; c < kDv; ++c) store(out, o_base + c * out.strides[3], acc[c]);
         lse.ptr<float>()[i * lse.strides[0] + h * lse.strides[1] + s * lse.strides[2]] =

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "ref/attention_row.h"
 #include "ref/element.h"
 #include "ref/ref.h"
 
@@ -13,7 +14,6 @@ namespace flashmla::ref {
 
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
 
 int32_t load_i32(const TensorView& t, int64_t offset) { return t.ptr<const int32_t>()[offset]; }
 
@@ -58,37 +58,12 @@ void sparse_prefill(const SparsePrefillArgs& a) {
       const int64_t base = s * q.strides[0] + h * q.strides[1];
       for (int64_t c = 0; c < d_qk; ++c) queries[c * h_q + h] = load(q, base + c * q.strides[2]);
     }
-    std::vector<double> logits(static_cast<size_t>(n * h_q), 0.0);  // logits[j * h_q + h]
-    for (int64_t j = 0; j < n; ++j) {
-      double* row = &logits[j * h_q];
-      for (int64_t c = 0; c < d_qk; ++c) {
-        const double k = keys[j * d_qk + c];
-        for (int64_t h = 0; h < h_q; ++h) row[h] += queries[c * h_q + h] * k;
-      }
-      for (int64_t h = 0; h < h_q; ++h) row[h] *= scale;
-    }
-
+    const std::vector<double> logits = head_logits(queries, h_q, keys, n, d_qk, scale);
     std::vector<double> acc(static_cast<size_t>(d_v));
     for (int64_t h = 0; h < h_q; ++h) {
-      double max_logit = -kInf, lse = kInf;  // empty row
-      std::fill(acc.begin(), acc.end(), 0.0);
-      if (n > 0) {
-        for (int64_t j = 0; j < n; ++j) max_logit = std::max(max_logit, logits[j * h_q + h]);
-        double sum = 0;
-        for (int64_t j = 0; j < n; ++j) sum += std::exp(logits[j * h_q + h] - max_logit);
-        lse = max_logit + std::log(sum);
-        for (int64_t j = 0; j < n; ++j) {
-          const double p = std::exp(logits[j * h_q + h] - lse);
-          for (int64_t c = 0; c < d_v; ++c) acc[c] += p * keys[j * d_qk + c];
-        }
-        // The sink is an extra logit with a zero value vector: it only rescales the output.
-        // sigma = +inf gives factor 0, sigma = -inf factor 1.
-        if (a.attn_sink.defined()) {
-          const double sigma = load(a.attn_sink, h * a.attn_sink.strides[0]);
-          const double factor = 1.0 / (1.0 + std::exp(sigma - lse));
-          for (double& v : acc) v *= factor;
-        }
-      }
+      std::optional<double> sink;
+      if (a.attn_sink.defined()) sink = load(a.attn_sink, h * a.attn_sink.strides[0]);
+      const auto [max_logit, lse] = softmax_row(logits, h_q, h, n, keys, d_qk, sink, acc);
       const int64_t o_base = s * out.strides[0] + h * out.strides[1];
       for (int64_t c = 0; c < d_v; ++c) store(out, o_base + c * out.strides[2], acc[c]);
       a.max_logits.ptr<float>()[s * a.max_logits.strides[0] + h * a.max_logits.strides[1]] =

@@ -58,4 +58,28 @@ void run_combine(const core::CombineParams& p) {
   }
 }
 
+void combine_decode_accumulators(int64_t batch, int64_t q_len, int64_t num_heads_q, int64_t d_v,
+                                 const float* lse_accum, const float* o_accum,
+                                 const int32_t* num_splits, const float* attn_sink,
+                                 DType out_dtype, void* out, const int64_t out_stride[3],
+                                 float* lse, const int64_t lse_stride[3], int num_threads) {
+  if (num_splits[batch] == batch) return;  // no request was split
+  const int64_t slot_rows = q_len * num_heads_q;
+  run_combine({
+      .batch = batch, .q_len = q_len, .num_heads_q = num_heads_q, .d_v = d_v,
+      .lse_accum = lse_accum,
+      .lse_accum_stride = {slot_rows, num_heads_q, 1},
+      .o_accum = o_accum,
+      .o_accum_stride = {slot_rows * d_v, num_heads_q * d_v, d_v},
+      .num_splits = num_splits,
+      .attn_sink = attn_sink,
+      .out_dtype = out_dtype,
+      .out = out,
+      .out_stride = {out_stride[0], out_stride[1], out_stride[2]},
+      .lse = lse,
+      .lse_stride = {lse_stride[0], lse_stride[1], lse_stride[2]},
+      .num_threads = num_threads,
+  });
+}
+
 }  // namespace flashmla::cpu::decode

@@ -154,23 +154,9 @@ void run_dense_decode(const core::DenseDecodeParams& p) {
 #pragma omp for schedule(dynamic, 1)
     for (int part = 0; part < p.num_parts; ++part) driver.run_part(part, scratch);
   }
-  if (p.num_splits[p.batch] == p.batch) return;  // no request was split
-  const int64_t slot_rows = p.q_len * p.num_heads_q;
-  run_combine({
-      .batch = p.batch, .q_len = p.q_len, .num_heads_q = p.num_heads_q, .d_v = p.d_v,
-      .lse_accum = p.lse_accum,
-      .lse_accum_stride = {slot_rows, p.num_heads_q, 1},
-      .o_accum = p.o_accum,
-      .o_accum_stride = {slot_rows * p.d_v, p.num_heads_q * p.d_v, p.d_v},
-      .num_splits = p.num_splits,
-      .attn_sink = nullptr,
-      .out_dtype = p.dtype,
-      .out = p.out,
-      .out_stride = {p.out_stride[0], p.out_stride[1], p.out_stride[2]},
-      .lse = p.lse,
-      .lse_stride = {p.lse_stride[0], p.lse_stride[1], p.lse_stride[2]},
-      .num_threads = p.num_threads,
-  });
+  combine_decode_accumulators(p.batch, p.q_len, p.num_heads_q, p.d_v, p.lse_accum, p.o_accum,
+                              p.num_splits, nullptr, p.dtype, p.out, p.out_stride, p.lse,
+                              p.lse_stride, p.num_threads);
 }
 
 }  // namespace flashmla::cpu::decode
