@@ -5,6 +5,8 @@
 #include <numeric>
 #include <random>
 
+#include "testing/random_data.h"
+
 namespace flashmla::testing {
 
 namespace {
@@ -14,37 +16,16 @@ namespace {
 enum Stream : uint32_t { kSeqlens = 1, kQuery, kKeys, kBlocks };
 
 std::mt19937_64 make_stream(uint64_t seed, Stream stream) {
-  std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
-                    static_cast<uint32_t>(stream)};
-  return std::mt19937_64(seq);
+  return seeded_stream(seed, {stream});
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 std::vector<int32_t> make_seqlens(const DenseDecodeCase& c) {
   std::mt19937_64 rng = make_stream(c.seed, kSeqlens);
-  std::vector<int32_t> seqlens(static_cast<size_t>(c.batch), static_cast<int32_t>(c.kv_len));
-  if (c.varlen) {
-    std::normal_distribution<double> normal(double(c.kv_len), double(c.kv_len) / 2);
-    for (int32_t& len : seqlens) {
-      len = static_cast<int32_t>(std::max<int64_t>(std::llround(normal(rng)), c.q_len));
-    }
-  }
-  if (c.zero_lengths) {
-    std::bernoulli_distribution coin(0.5);
-    bool any_zero = false;
-    for (int32_t& len : seqlens) {
-      if (coin(rng)) {
-        len = 0;
-        any_zero = true;
-      }
-    }
-    if (c.batch > 1 && !any_zero) {
-      seqlens[std::uniform_int_distribution<size_t>(0, seqlens.size() - 1)(rng)] = 0;
-    }
-  }
-  return seqlens;
+  return random_seqlens(rng, c.batch, c.kv_len, c.q_len, c.varlen, c.zero_lengths);
 }
+
 
 }  // namespace
 

@@ -8,6 +8,8 @@
 #include <random>
 #include <vector>
 
+#include "testing/random_data.h"
+
 namespace flashmla::testing {
 
 namespace {
@@ -17,9 +19,7 @@ namespace {
 enum Stream : uint32_t { kQuery = 1, kKeys, kIndices, kLengths, kSink };
 
 std::mt19937_64 make_stream(uint64_t seed, Stream stream) {
-  std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
-                    static_cast<uint32_t>(stream)};
-  return std::mt19937_64(seq);
+  return seeded_stream(seed, {stream});
 }
 
 // The invalid markers of FlashMLA's test (s_kv itself is added by invalid_marker).
@@ -176,14 +176,7 @@ SparsePrefillData make_sparse_prefill_data(const SparsePrefillCase& c) {
 
   if (c.sink) {
     std::mt19937_64 sink_rng = make_stream(c.seed, kSink);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
-    const float inf = std::numeric_limits<float>::infinity();
-    d.attn_sink = HostTensor::empty(DType::fp32, {h_q});
-    for (int64_t h = 0; h < h_q; ++h) {
-      const float value = normal(sink_rng), u = uniform(sink_rng);
-      d.attn_sink.set({h}, u < 0.31f ? inf : u < 0.62f ? -inf : value);
-    }
+    d.attn_sink = random_attn_sink(sink_rng, h_q);
   }
 
   d.out = HostTensor::empty(DType::bf16, {s_q, h_q, kSparseHeadDimV});

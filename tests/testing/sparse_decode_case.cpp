@@ -11,6 +11,8 @@
 
 #include "flashmla/kv_format.h"
 
+#include "testing/random_data.h"
+
 namespace flashmla::testing {
 
 namespace {
@@ -21,9 +23,7 @@ enum Stream : uint32_t { kQuery = 1, kSink, kInvalid, kSeqlens, kBlocks, kIndice
                          kKeys, kPastLength };
 
 std::mt19937_64 make_stream(uint64_t seed, Stream stream, uint32_t pool = 0) {
-  std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
-                    static_cast<uint32_t>(stream), pool};
-  return std::mt19937_64(seq);
+  return seeded_stream(seed, {stream, pool});
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -47,24 +47,7 @@ struct PoolData {
 
 std::vector<int32_t> make_seqlens(const SparseDecodeCase& c, const PoolSpec& p) {
   std::mt19937_64 rng = make_stream(c.seed, kSeqlens, p.id);
-  std::vector<int32_t> seqlens(static_cast<size_t>(c.batch), static_cast<int32_t>(p.kv_len));
-  if (c.varlen) {
-    std::normal_distribution<double> normal(double(p.kv_len), double(p.kv_len) / 2);
-    for (int32_t& len : seqlens) {
-      len = static_cast<int32_t>(std::max<int64_t>(std::llround(normal(rng)), c.q_len));
-    }
-  }
-  if (c.zero_lengths) {
-    std::bernoulli_distribution coin(0.5);
-    bool any_zero = false;
-    for (int32_t& len : seqlens) {
-      if (coin(rng)) len = 0, any_zero = true;
-    }
-    if (c.batch > 1 && !any_zero) {
-      seqlens[std::uniform_int_distribution<size_t>(0, seqlens.size() - 1)(rng)] = 0;
-    }
-  }
-  return seqlens;
+  return random_seqlens(rng, c.batch, p.kv_len, c.q_len, c.varlen, c.zero_lengths);
 }
 
 // Builds one pool: seqlens, a random block table, index lists of distinct logical positions
@@ -272,14 +255,7 @@ SparseDecodeData make_sparse_decode_data(const SparseDecodeCase& c) {
 
   if (c.sink) {
     std::mt19937_64 sink_rng = make_stream(c.seed, kSink);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
-    const float inf = std::numeric_limits<float>::infinity();
-    d.attn_sink = HostTensor::empty(DType::fp32, {h_q});
-    for (int64_t h = 0; h < h_q; ++h) {
-      const float value = normal(sink_rng), u = uniform(sink_rng);
-      d.attn_sink.set({h}, u < 0.31f ? inf : u < 0.62f ? -inf : value);
-    }
+    d.attn_sink = random_attn_sink(sink_rng, h_q);
   }
 
   d.out = HostTensor::empty(DType::bf16, {b, s_q, h_q, kSparseDecodeHeadDimV});
