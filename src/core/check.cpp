@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <utility>
 #include <sstream>
 
@@ -30,6 +31,16 @@ const int32_t* checked_lengths(const Checker& c, const TensorView& t, const char
     }
   }
   return len;
+}
+
+float checked_scale_log2(const Checker& c, float scale, const char* arg) {
+  const float scale_log2 = scale * static_cast<float>(M_LOG2E);
+  if (!std::isfinite(scale_log2)) {
+    c.fail(ErrorKind::value, arg,
+           std::string("a finite number with |") + arg + "| * log2(e) < 3.4e38",
+           std::to_string(scale));
+  }
+  return scale_log2;
 }
 
 int checked_num_threads(const Checker& c, const Context& ctx) {

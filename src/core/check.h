@@ -48,6 +48,10 @@ std::string dtype_list(std::initializer_list<DType> allowed);
 const int32_t* checked_lengths(const Checker& c, const TensorView& t, const char* arg,
                                int64_t batch, int64_t max);
 
+// The softmax scale in log2 units (scale * log2(e)), which must be a finite fp32 number: the
+// kernels keep logits in log2 units. `arg` names the scale argument in the error.
+float checked_scale_log2(const Checker& c, float scale, const char* arg);
+
 // ctx.num_threads in [0, kMaxThreads]. Returns the number of worker threads the call uses.
 int checked_num_threads(const Checker& c, const Context& ctx);
 

@@ -88,16 +88,8 @@ core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
   c.shape(a.block_table, "block_table", {b, max_blocks});
   c.last_dim_contiguous(a.block_table, "block_table");
 
-  float scale = 1.0f / std::sqrt(static_cast<float>(kDqk));
-  if (a.softmax_scale) {
-    // Logits are kept in log2 units: scale * log2(e) must be a finite fp32 number too.
-    if (!std::isfinite(*a.softmax_scale * static_cast<float>(M_LOG2E))) {
-      c.fail(ErrorKind::value, "softmax_scale",
-             "a finite number with |softmax_scale| * log2(e) < 3.4e38",
-             std::to_string(*a.softmax_scale));
-    }
-    scale = *a.softmax_scale;
-  }
+  const float scale_log2 = core::checked_scale_log2(
+      c, a.softmax_scale.value_or(1.0f / std::sqrt(static_cast<float>(kDqk))), "softmax_scale");
 
   // Lengths, and every block-table entry that will be read.
   const auto* seqlens = a.cache_seqlens.ptr<const int32_t>();
@@ -148,7 +140,7 @@ core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
       .d_qk = kDqk, .d_v = kDv, .page_block_size = page, .num_blocks = num_blocks,
       .dtype = a.q.dtype,
       .kv_fp8_v32 = fp8,
-      .scale_log2 = scale * static_cast<float>(M_LOG2E),
+      .scale_log2 = scale_log2,
       .causal = a.causal && s_q > 1,
       .q = a.q.data,
       .q_stride = {a.q.stride(0), a.q.stride(1), a.q.stride(2)},

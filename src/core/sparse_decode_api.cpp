@@ -113,18 +113,11 @@ void sparse_decode_call(const MlaDecodeArgs& a, const Context& ctx, bool run) {
     c.fail(ErrorKind::value, "causal", "false in sparse mode (encode causality in indices)",
            "true");
   }
-  float scale = 1.0f / std::sqrt(static_cast<float>(d_qk));
-  if (a.softmax_scale) {
-    if (!std::isfinite(*a.softmax_scale * static_cast<float>(M_LOG2E))) {
-      c.fail(ErrorKind::value, "softmax_scale",
-             "a finite number with |softmax_scale| * log2(e) < 3.4e38",
-             std::to_string(*a.softmax_scale));
-    }
-    scale = *a.softmax_scale;
-  }
+  const float scale_log2 = checked_scale_log2(
+      c, a.softmax_scale.value_or(1.0f / std::sqrt(static_cast<float>(d_qk))), "softmax_scale");
 
   SparseDecodeParams p{.batch = b, .q_len = s_q, .num_heads_q = h_q, .d_qk = d_qk, .d_v = 512,
-                       .scale_log2 = scale * static_cast<float>(M_LOG2E),
+                       .scale_log2 = scale_log2,
                        .q = a.q.ptr<const uint16_t>(),
                        .q_stride = {a.q.stride(0), a.q.stride(1), a.q.stride(2)},
                        .num_threads = num_threads};

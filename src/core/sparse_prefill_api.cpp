@@ -38,10 +38,7 @@ void flash_mla_sparse_fwd(const SparsePrefillArgs& a, const Context& ctx) {
   c.shape(a.indices, "indices", {s_q, 1, topk});
   c.last_dim_contiguous(a.indices, "indices");
 
-  if (!std::isfinite(a.sm_scale * static_cast<float>(M_LOG2E))) {
-    c.fail(ErrorKind::value, "sm_scale", "a finite number with |sm_scale| * log2(e) < 3.4e38",
-           std::to_string(a.sm_scale));
-  }
+  const float scale_log2 = core::checked_scale_log2(c, a.sm_scale, "sm_scale");
   if (a.d_v != 512) c.fail(ErrorKind::value, "d_v", "512", std::to_string(a.d_v));
 
   if (a.attn_sink.defined()) c.tensor(a.attn_sink, "attn_sink", {DType::fp32}, {h_q}, true);
@@ -65,7 +62,7 @@ void flash_mla_sparse_fwd(const SparsePrefillArgs& a, const Context& ctx) {
 
   cpu::prefill::run_sparse_prefill({
       .q_len = s_q, .kv_len = s_kv, .num_heads_q = h_q, .d_qk = d_qk, .d_v = 512, .topk = topk,
-      .scale_log2 = a.sm_scale * static_cast<float>(M_LOG2E),
+      .scale_log2 = scale_log2,
       .q = a.q.ptr<const uint16_t>(),
       .q_stride = {a.q.stride(0), a.q.stride(1)},
       .kv = a.kv.ptr<const uint16_t>(),
