@@ -17,25 +17,13 @@
 #include <optional>
 #include <string>
 
+#include "flashmla/context.h"
 #include "flashmla/error.h"
 #include "flashmla/tensor.h"
 
 namespace flashmla {
 
 inline constexpr const char* kVersion = "0.1.0";
-
-inline constexpr int kMaxThreads = 4096;      // upper bound of Context::num_threads
-inline constexpr int kMaxSmParts = 1 << 20;   // upper bound of a schedule's num_sm_parts
-
-// Per-call execution context, separate from the operation's arguments.
-struct Context {
-  int num_threads = 0;          // CPU worker threads in [0, kMaxThreads]; 0 = default
-                                // (FLASHMLA_NUM_THREADS, else OpenMP's default)
-  void* cuda_stream = nullptr;  // reserved for the CUDA backend
-};
-
-// Number of CPU worker threads a call with this context uses.
-int resolved_num_threads(const Context& ctx);
 
 // ---------------------------------------------------------------------------------------------
 // Split-KV decode scheduler (FlashMLA's get_mla_metadata, reference §5).
@@ -152,3 +140,5 @@ struct SparsePrefillArgs {
 void flash_mla_sparse_fwd(const SparsePrefillArgs& args, const Context& ctx = {});
 
 }  // namespace flashmla
+
+#include "flashmla/mha.h"  // dense MHA varlen prefill, forward and backward

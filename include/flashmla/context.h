@@ -1,0 +1,19 @@
+// The per-call execution context, separate from each operation's arguments.
+#pragma once
+
+namespace flashmla {
+
+inline constexpr int kMaxThreads = 4096;      // upper bound of Context::num_threads
+inline constexpr int kMaxSmParts = 1 << 20;   // upper bound of a schedule's num_sm_parts
+
+// Per-call execution context, separate from the operation's arguments.
+struct Context {
+  int num_threads = 0;          // CPU worker threads in [0, kMaxThreads]; 0 = default
+                                // (FLASHMLA_NUM_THREADS, else OpenMP's default)
+  void* cuda_stream = nullptr;  // reserved for the CUDA backend
+};
+
+// Number of CPU worker threads a call with this context uses.
+int resolved_num_threads(const Context& ctx);
+
+}  // namespace flashmla
