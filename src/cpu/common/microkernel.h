@@ -16,22 +16,34 @@ inline constexpr int kKvTile = 64;  // tokens per KV tile (= the scheduler's blo
 struct AttnMicrokernel {
   const char* name;  // "portable", ...
 
-  // Scratch sizes for m query rows / one KV tile of kKvTile tokens.
-  size_t (*packed_q_bytes)(int m, int d_qk);
-  size_t (*packed_k_bytes)(int d_qk);
-  size_t (*packed_v_bytes)(int d_v);
+  // Scratch sizes for m query rows of d channels / one KV tile of kKvTile tokens.
+  size_t (*packed_q_bytes)(int m, int d);
+  size_t (*packed_k_bytes)(int d);
+  size_t (*packed_v_bytes)(int d);
+  size_t (*packed_rows_bytes)(int m, int d);
 
-  // Packs m query rows (row i starts at rows[i], `dtype` elements, d_qk of them).
-  void (*pack_q)(const void* const* rows, int m, DType dtype, int d_qk, void* packed_q);
+  // Packs m query rows (row i starts at rows[i], `dtype` elements, d of them) as the left
+  // operand of qk.
+  void (*pack_q)(const void* const* rows, int m, DType dtype, int d, void* packed_q);
   // Packs n <= kKvTile tokens (token j starts at tokens[j]) once for both products: K over
   // d_qk channels and V = the first d_v channels. Slots n..kKvTile-1 are zero-filled so that
   // they never carry NaN into the products.
   void (*pack_kv)(const void* const* tokens, int n, DType dtype, int d_qk, int d_v,
                   void* packed_k, void* packed_v);
+  // The same for separate tensors: n <= kKvTile tokens of d channels as the right operand of
+  // qk (pack_k) or of pv (pack_v); slots n..kKvTile-1 zero-filled.
+  void (*pack_k)(const void* const* tokens, int n, DType dtype, int d, void* packed_k);
+  void (*pack_v)(const void* const* tokens, int n, DType dtype, int d, void* packed_v);
+  // Packs m rows of d channels as the right operand of pt.
+  void (*pack_rows)(const void* const* rows, int m, DType dtype, int d, void* packed_rows);
+
   // s[i * kKvTile + j] = scale * <q_i, k_j> for i < m, j < kKvTile.
-  void (*qk)(const void* packed_q, int m, const void* packed_k, int d_qk, float scale, float* s);
-  // o[i * d_v + c] += sum_{j < n} p[i * kKvTile + j] * v_j[c] for i < m.
-  void (*pv)(const float* p, int m, int n, const void* packed_v, int d_v, float* o);
+  void (*qk)(const void* packed_q, int m, const void* packed_k, int d, float scale, float* s);
+  // o[i * d + c] += sum_{j < n} p[i * kKvTile + j] * v_j[c] for i < m.
+  void (*pv)(const float* p, int m, int n, const void* packed_v, int d, float* o);
+  // acc[j * d + c] += sum_{i < m} p[i * kKvTile + j] * row_i[c] for j < kKvTile: the transposed
+  // probabilities times rows (the backward pass's dV += P^T dO and dK += dS^T Q).
+  void (*pt)(const float* p, int m, const void* packed_rows, int d, float* acc);
 };
 
 // The portable microkernel: fp32 operands, plain loops that any compiler vectorises.

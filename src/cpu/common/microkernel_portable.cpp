@@ -27,13 +27,14 @@ void to_float(const void* src, DType dtype, int n, float* dst) {
   }
 }
 
-size_t packed_q_bytes(int m, int d_qk) { return sizeof(float) * m * d_qk; }
-size_t packed_k_bytes(int d_qk) { return sizeof(float) * d_qk * kKvTile; }
-size_t packed_v_bytes(int d_v) { return sizeof(float) * kKvTile * d_v; }
+size_t packed_q_bytes(int m, int d) { return sizeof(float) * m * d; }
+size_t packed_k_bytes(int d) { return sizeof(float) * d * kKvTile; }
+size_t packed_v_bytes(int d) { return sizeof(float) * kKvTile * d; }
 
-void pack_q(const void* const* rows, int m, DType dtype, int d_qk, void* packed_q) {
+// Rows as fp32, row-major (m, d): the left operand of qk and the right operand of pt.
+void pack_q(const void* const* rows, int m, DType dtype, int d, void* packed_q) {
   auto* q = static_cast<float*>(packed_q);
-  for (int i = 0; i < m; ++i) to_float(rows[i], dtype, d_qk, q + static_cast<size_t>(i) * d_qk);
+  for (int i = 0; i < m; ++i) to_float(rows[i], dtype, d, q + static_cast<size_t>(i) * d);
 }
 
 void pack_kv(const void* const* tokens, int n, DType dtype, int d_qk, int d_v, void* packed_k,
@@ -55,6 +56,29 @@ void pack_kv(const void* const* tokens, int n, DType dtype, int d_qk, int d_v, v
     for (int c = 0; c < d_qk; ++c) kt[static_cast<size_t>(c) * kKvTile + j] = 0.0f;
     std::fill(v + static_cast<size_t>(j) * d_v, v + static_cast<size_t>(j + 1) * d_v, 0.0f);
   }
+}
+
+// K transposed: [d][kKvTile].
+void pack_k(const void* const* tokens, int n, DType dtype, int d, void* packed_k) {
+  auto* kt = static_cast<float*>(packed_k);
+  const size_t elem = dtype_size(dtype);
+  for (int j = 0; j < n; ++j) {
+    const auto* token = static_cast<const char*>(tokens[j]);
+    for (int c = 0; c < d; ++c) {
+      to_float(token + elem * c, dtype, 1, kt + static_cast<size_t>(c) * kKvTile + j);
+    }
+  }
+  for (int c = 0; c < d; ++c) {
+    std::fill(kt + static_cast<size_t>(c) * kKvTile + n, kt + static_cast<size_t>(c + 1) * kKvTile,
+              0.0f);
+  }
+}
+
+// V row-major: [kKvTile][d].
+void pack_v(const void* const* tokens, int n, DType dtype, int d, void* packed_v) {
+  auto* v = static_cast<float*>(packed_v);
+  for (int j = 0; j < n; ++j) to_float(tokens[j], dtype, d, v + static_cast<size_t>(j) * d);
+  std::fill(v + static_cast<size_t>(n) * d, v + static_cast<size_t>(kKvTile) * d, 0.0f);
 }
 
 void qk(const void* packed_q, int m, const void* packed_k, int d_qk, float scale, float* s) {
@@ -85,6 +109,19 @@ void pv(const float* p, int m, int n, const void* packed_v, int d_v, float* o) {
   }
 }
 
+void pt(const float* p, int m, const void* packed_rows, int d, float* acc) {
+  const auto* rows = static_cast<const float*>(packed_rows);
+  for (int i = 0; i < m; ++i) {
+    const float* ri = rows + static_cast<size_t>(i) * d;
+    for (int j = 0; j < kKvTile; ++j) {
+      const float pij = p[static_cast<size_t>(i) * kKvTile + j];
+      if (pij == 0.0f) continue;  // masked or padded token: contributes nothing
+      float* aj = acc + static_cast<size_t>(j) * d;
+      for (int c = 0; c < d; ++c) aj[c] += pij * ri[c];
+    }
+  }
+}
+
 }  // namespace
 
 const AttnMicrokernel& portable_microkernel() {
@@ -93,10 +130,15 @@ const AttnMicrokernel& portable_microkernel() {
       .packed_q_bytes = packed_q_bytes,
       .packed_k_bytes = packed_k_bytes,
       .packed_v_bytes = packed_v_bytes,
+      .packed_rows_bytes = packed_q_bytes,
       .pack_q = pack_q,
       .pack_kv = pack_kv,
+      .pack_k = pack_k,
+      .pack_v = pack_v,
+      .pack_rows = pack_q,
       .qk = qk,
       .pv = pv,
+      .pt = pt,
   };
   return k;
 }
