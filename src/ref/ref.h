@@ -26,4 +26,17 @@ void combine(const MlaCombineArgs& args);
 // are never read; empty rows give out 0, max_logits -inf, lse +inf; the sink scales out only.
 void sparse_prefill(const SparsePrefillArgs& args);
 
+// Dense MHA varlen prefill forward (reference §2.5, §3.5), in double: writes args.out (rounded
+// once to its dtype) and args.lse (natural log), both through any strides. Sequences come from
+// cu_seqlens (is_varlen) or are total / b each; query head h uses KV head h / (h_q / h_kv);
+// causal is bottom-right aligned; a row that sees no key gets out 0 and lse -inf. The
+// per-(sequence, head) core is ref::mha_head_fwd (ref/mha_head.h).
+void mha_fwd(const MhaFwdArgs& args);
+
+// Dense MHA varlen backward, in double: writes args.dq, args.dk, args.dv, the exact gradients of
+// sum(dout * out) (no gradient through lse), P recomputed from q and k (args.fwd.out and
+// args.fwd.lse are not read). dk / dv of a KV head sum over the query heads of its group. Rows
+// that see no key get dq 0; keys no row sees get dk = dv = 0. Core: ref::mha_head_bwd.
+void mha_bwd(const MhaBwdArgs& args);
+
 }  // namespace flashmla::ref
