@@ -3,6 +3,7 @@
 
 #include "core/combine_params.h"
 #include "core/decode_params.h"
+#include "core/mha_params.h"
 #include "core/sparse_decode_params.h"
 #include "core/sparse_prefill_params.h"
 
@@ -43,6 +44,15 @@ std::string SparsePrefillParams::to_string() const {
      << num_heads_q << ", d_qk=" << d_qk << ", d_v=" << d_v << ", topk=" << topk
      << ", topk_length=" << (topk_length != nullptr) << ", sink=" << (attn_sink != nullptr)
      << ", threads=" << num_threads << "}";
+  return os.str();
+}
+
+std::string MhaParams::to_string() const {
+  std::ostringstream os;
+  os << "mha{batch=" << batch << ", total_q=" << q_start.back() << ", total_kv="
+     << kv_start.back() << ", num_heads_q=" << num_heads_q << ", num_heads_kv=" << num_heads_kv
+     << ", d_qk=" << d_qk << ", d_v=" << d_v << ", causal=" << causal
+     << ", backward=" << (dout != nullptr) << ", threads=" << num_threads << "}";
   return os.str();
 }
 

@@ -1,0 +1,194 @@
+// MHA backward on the CPU (FlashAttention-2 math, deterministic partitioning). With s the
+// logits, P = exp(s - lse) recomputed tile by tile from the forward's lse:
+//   dV_j = Σ_i P_ij dO_i,  dP_ij = dO_i·V_j,  dS_ij = P_ij (dP_ij - D_i),  D_i = dO_i·O_i,
+//   dQ_i = scale Σ_j dS_ij K_j,  dK_j = scale Σ_i dS_ij Q_i.
+// Pass 1 computes D. Pass 2 owns one (KV tile, KV head) per task and sums over the group's
+// query heads and the query tiles that see the tile; pass 3 owns one (query tile, query head)
+// per task and sums over its KV tiles. No output is shared between tasks, so no atomics and no
+// order that depends on threads: dQ, dK and dV are bitwise reproducible. The price is that P
+// and dP are computed twice (7 tile products instead of 5).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/common/half.h"
+#include "cpu/common/microkernel.h"
+#include "cpu/decode/store.h"
+#include "cpu/mha/mha.h"
+#include "cpu/mha/mha_tiles.h"
+
+namespace flashmla::cpu::mha {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kLog2e = static_cast<float>(M_LOG2E);
+
+// Per-row values the passes share, indexed [token * h_q + head]: D = dO·O and the lse in log2
+// units (-inf for a row that saw no key).
+struct RowStats {
+  std::vector<float> d, lse2;
+};
+
+RowStats row_stats(const core::MhaParams& p) {
+  const int64_t total_q = p.q_start.back(), h_q = p.num_heads_q, d_v = p.d_v;
+  RowStats r{std::vector<float>(static_cast<size_t>(total_q * h_q)),
+             std::vector<float>(static_cast<size_t>(total_q * h_q))};
+#pragma omp parallel for num_threads(p.num_threads) schedule(static) if (total_q > 1)
+  for (int64_t t = 0; t < total_q; ++t) {
+    for (int64_t h = 0; h < h_q; ++h) {
+      const uint16_t* o = p.out + t * p.out_stride[0] + h * p.out_stride[1];
+      const uint16_t* dout = p.dout + t * p.dout_stride[0] + h * p.dout_stride[1];
+      float acc = 0.0f;
+      for (int64_t c = 0; c < d_v; ++c) acc += bf16_to_float(o[c]) * bf16_to_float(dout[c]);
+      r.d[t * h_q + h] = acc;
+      r.lse2[t * h_q + h] = p.lse[t * p.lse_stride[0] + h * p.lse_stride[1]] * kLog2e;
+    }
+  }
+  return r;
+}
+
+struct BwdScratch {
+  std::vector<unsigned char> q, dout;          // packed as left operands of qk
+  std::vector<unsigned char> q_rows, do_rows;  // packed as right operands of pt
+  std::vector<unsigned char> k, vt, kv;        // K and V for qk; K for pv
+  std::vector<float> s, dp;                    // (kRowTile, kKvTile): P, then dP -> dS
+  std::vector<float> acc;                      // (kKvTile | kRowTile, d_qk): dK or dQ
+  std::vector<float> acc_v;                    // (kKvTile, d_v): dV
+  std::vector<const void*> ptrs;
+
+  BwdScratch(const AttnMicrokernel& mk, int d_qk, int d_v)
+      : q(mk.packed_q_bytes(kRowTile, d_qk)), dout(mk.packed_q_bytes(kRowTile, d_v)),
+        q_rows(mk.packed_rows_bytes(kRowTile, d_qk)), do_rows(mk.packed_rows_bytes(kRowTile, d_v)),
+        k(mk.packed_k_bytes(d_qk)), vt(mk.packed_k_bytes(d_v)), kv(mk.packed_v_bytes(d_qk)),
+        s(static_cast<size_t>(kRowTile) * kKvTile), dp(static_cast<size_t>(kRowTile) * kKvTile),
+        acc(static_cast<size_t>(std::max(kRowTile, kKvTile)) * d_qk),
+        acc_v(static_cast<size_t>(kKvTile) * d_v), ptrs(std::max(kRowTile, kKvTile)) {}
+};
+
+// Rows [r0, r0 + m) of one sequence and head against a packed KV tile [j0, j0 + n): sc.s = P and
+// sc.dp = dS (both zero where a key is masked or past n).
+void probabilities_and_ds(const core::MhaParams& p, const AttnMicrokernel& mk, const Window& win,
+                          const RowStats& rs, int64_t q0, int64_t r0, int m, int64_t h,
+                          int64_t j0, int n, BwdScratch& sc) {
+  const int d_qk = static_cast<int>(p.d_qk), d_v = static_cast<int>(p.d_v);
+  mk.qk(sc.q.data(), m, sc.k.data(), d_qk, p.scale_log2, sc.s.data());
+  mk.qk(sc.dout.data(), m, sc.vt.data(), d_v, 1.0f, sc.dp.data());
+  for (int i = 0; i < m; ++i) {
+    const int64_t row = (q0 + r0 + i) * p.num_heads_q + h;
+    const float lse2 = rs.lse2[row], d = rs.d[row];
+    const int visible = lse2 == -kInf ? 0 : win.visible(r0 + i, j0, n);
+    float* s = sc.s.data() + static_cast<size_t>(i) * kKvTile;
+    float* dp = sc.dp.data() + static_cast<size_t>(i) * kKvTile;
+    for (int j = 0; j < visible; ++j) {
+      s[j] = std::exp2(s[j] - lse2);
+      dp[j] = s[j] * (dp[j] - d);
+    }
+    std::fill(s + visible, s + kKvTile, 0.0f);
+    std::fill(dp + visible, dp + kKvTile, 0.0f);
+  }
+}
+
+// Packs rows [r0, r0 + m) of query head h: Q and dO as left operands of qk (and, with
+// `as_rows`, as right operands of pt).
+void pack_query_rows(const core::MhaParams& p, const AttnMicrokernel& mk, int64_t q0, int m,
+                     int64_t h, bool as_rows, BwdScratch& sc) {
+  const int d_qk = static_cast<int>(p.d_qk), d_v = static_cast<int>(p.d_v);
+  gather(p.q + h * p.q_stride[1], q0, m, p.q_stride[0], sc.ptrs);
+  mk.pack_q(sc.ptrs.data(), m, DType::bf16, d_qk, sc.q.data());
+  if (as_rows) mk.pack_rows(sc.ptrs.data(), m, DType::bf16, d_qk, sc.q_rows.data());
+  gather(p.dout + h * p.dout_stride[1], q0, m, p.dout_stride[0], sc.ptrs);
+  mk.pack_q(sc.ptrs.data(), m, DType::bf16, d_v, sc.dout.data());
+  if (as_rows) mk.pack_rows(sc.ptrs.data(), m, DType::bf16, d_v, sc.do_rows.data());
+}
+
+// Packs KV tokens [kv0, kv0 + n) of KV head hk: K and V as right operands of qk (and K as the
+// right operand of pv with `k_as_v`).
+void pack_kv_tile(const core::MhaParams& p, const AttnMicrokernel& mk, int64_t kv0, int n,
+                  int64_t hk, bool k_as_v, BwdScratch& sc) {
+  const int d_qk = static_cast<int>(p.d_qk), d_v = static_cast<int>(p.d_v);
+  gather(p.k + hk * p.k_stride[1], kv0, n, p.k_stride[0], sc.ptrs);
+  mk.pack_k(sc.ptrs.data(), n, DType::bf16, d_qk, sc.k.data());
+  if (k_as_v) mk.pack_v(sc.ptrs.data(), n, DType::bf16, d_qk, sc.kv.data());
+  gather(p.v + hk * p.v_stride[1], kv0, n, p.v_stride[0], sc.ptrs);
+  mk.pack_k(sc.ptrs.data(), n, DType::bf16, d_v, sc.vt.data());
+}
+
+// dK and dV of KV tokens [tile.start, + tile.size) of KV head hk.
+void dkdv_task(const core::MhaParams& p, const AttnMicrokernel& mk, const RowStats& rs,
+               const SeqTile& tile, int64_t hk, BwdScratch& sc) {
+  const int d_qk = static_cast<int>(p.d_qk), d_v = static_cast<int>(p.d_v);
+  const int n = tile.size;
+  const int64_t q0 = p.q_start[tile.seq], kv0 = p.kv_start[tile.seq] + tile.start;
+  const int64_t s_q = p.q_len(tile.seq);
+  const Window win(p, tile.seq);
+  pack_kv_tile(p, mk, kv0, n, hk, false, sc);
+  std::fill(sc.acc.begin(), sc.acc.begin() + static_cast<size_t>(kKvTile) * d_qk, 0.0f);
+  std::fill(sc.acc_v.begin(), sc.acc_v.end(), 0.0f);
+
+  for (int64_t h = hk * p.group(); h < (hk + 1) * p.group(); ++h) {
+    for (int64_t r0 = win.first_row(tile.start); r0 < s_q; r0 += kRowTile) {
+      const int m = static_cast<int>(std::min<int64_t>(kRowTile, s_q - r0));
+      pack_query_rows(p, mk, q0 + r0, m, h, true, sc);
+      probabilities_and_ds(p, mk, win, rs, q0, r0, m, h, tile.start, n, sc);
+      mk.pt(sc.s.data(), m, sc.do_rows.data(), d_v, sc.acc_v.data());
+      mk.pt(sc.dp.data(), m, sc.q_rows.data(), d_qk, sc.acc.data());
+    }
+  }
+  for (int j = 0; j < n; ++j) {
+    decode::store_row(sc.acc.data() + static_cast<size_t>(j) * d_qk, p.scale, d_qk, DType::bf16,
+                      p.dk + (kv0 + j) * p.dk_stride[0] + hk * p.dk_stride[1]);
+    decode::store_row(sc.acc_v.data() + static_cast<size_t>(j) * d_v, 1.0f, d_v, DType::bf16,
+                      p.dv + (kv0 + j) * p.dv_stride[0] + hk * p.dv_stride[1]);
+  }
+}
+
+// dQ of query rows [tile.start, + tile.size) of query head h.
+void dq_task(const core::MhaParams& p, const AttnMicrokernel& mk, const RowStats& rs,
+             const SeqTile& tile, int64_t h, BwdScratch& sc) {
+  const int d_qk = static_cast<int>(p.d_qk);
+  const int m = tile.size;
+  const int64_t q0 = p.q_start[tile.seq], kv0 = p.kv_start[tile.seq];
+  const Window win(p, tile.seq);
+  pack_query_rows(p, mk, q0 + tile.start, m, h, false, sc);
+  std::fill(sc.acc.begin(), sc.acc.begin() + static_cast<size_t>(m) * d_qk, 0.0f);
+
+  const int64_t kv_end = win.end(tile.start + m - 1);
+  for (int64_t j0 = 0; j0 < kv_end; j0 += kKvTile) {
+    const int n = static_cast<int>(std::min<int64_t>(kKvTile, kv_end - j0));
+    pack_kv_tile(p, mk, kv0 + j0, n, h / p.group(), true, sc);
+    probabilities_and_ds(p, mk, win, rs, q0, tile.start, m, h, j0, n, sc);
+    mk.pv(sc.dp.data(), m, n, sc.kv.data(), d_qk, sc.acc.data());
+  }
+  for (int i = 0; i < m; ++i) {
+    decode::store_row(sc.acc.data() + static_cast<size_t>(i) * d_qk, p.scale, d_qk, DType::bf16,
+                      p.dq + (q0 + tile.start + i) * p.dq_stride[0] + h * p.dq_stride[1]);
+  }
+}
+
+}  // namespace
+
+void run_mha_bwd(const core::MhaParams& p) {
+  const AttnMicrokernel& mk = portable_microkernel();
+  const RowStats rs = row_stats(p);
+  const std::vector<SeqTile> kv_tiles = seq_tiles(p.kv_start, kKvTile);
+  const std::vector<SeqTile> q_tiles = seq_tiles(p.q_start, kRowTile);
+  const int64_t kv_tasks = static_cast<int64_t>(kv_tiles.size()) * p.num_heads_kv;
+  const int64_t q_tasks = static_cast<int64_t>(q_tiles.size()) * p.num_heads_q;
+#pragma omp parallel num_threads(p.num_threads) if (kv_tasks + q_tasks > 1)
+  {
+    BwdScratch scratch(mk, static_cast<int>(p.d_qk), static_cast<int>(p.d_v));
+    // Under causal the first KV tiles and the last query tiles carry the most work: first.
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t t = 0; t < kv_tasks; ++t) {
+      dkdv_task(p, mk, rs, kv_tiles[t / p.num_heads_kv], t % p.num_heads_kv, scratch);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < q_tasks; ++t) {
+      const int64_t n = static_cast<int64_t>(q_tiles.size());
+      dq_task(p, mk, rs, q_tiles[n - 1 - t / p.num_heads_q], t % p.num_heads_q, scratch);
+    }
+  }
+}
+
+}  // namespace flashmla::cpu::mha
