@@ -203,4 +203,99 @@ Row run_sparse_prefill_case(const SparsePrefillCase& cs, const RunOptions& opt) 
   return row;
 }
 
+namespace {
+
+// Heads [0, n) of a (tokens, heads, channels) view.
+TensorView first_heads(TensorView v, int64_t n) {
+  v.shape[1] = n;
+  return v;
+}
+
+// The first k sequences of an MHA problem, on the query heads of KV head 0: the reference's
+// arguments, writing into the given outputs.
+MhaBwdArgs mha_sample(const testing::MhaData& d, int64_t k, const HostTensor& out,
+                      const HostTensor& lse, const HostTensor& dq, const HostTensor& dk,
+                      const HostTensor& dv) {
+  const int64_t group = d.c.num_heads_q / d.c.num_heads_kv;
+  const int64_t tq = d.cu_seqlens_qo.i32({k}), tk = d.cu_seqlens_kv.i32({k});
+  MhaBwdArgs a = d.bwd_args();
+  a.fwd.q = first_heads(first_rows(a.fwd.q, tq), group);
+  a.fwd.k = first_heads(first_rows(a.fwd.k, tk), 1);
+  a.fwd.v = first_heads(first_rows(a.fwd.v, tk), 1);
+  a.fwd.cu_seqlens_qo = first_rows(a.fwd.cu_seqlens_qo, k + 1);
+  a.fwd.cu_seqlens_kv = first_rows(a.fwd.cu_seqlens_kv, k + 1);
+  a.fwd.out = out.view();
+  a.fwd.lse = lse.view();
+  a.dout = first_heads(first_rows(a.dout, tq), group);
+  a.dq = dq.view();
+  a.dk = dk.view();
+  a.dv = dv.view();
+  return a;
+}
+
+}  // namespace
+
+std::vector<Row> run_mha_case(const testing::MhaCase& cs, const RunOptions& opt) {
+  testing::MhaData data = testing::make_mha_data(cs);
+  const MhaBwdArgs args = data.bwd_args();
+  const Context ctx{.num_threads = opt.threads};
+  const double fwd_us = median_us(opt, [&] { flash_attn_varlen_fwd(args.fwd, ctx); });
+  const double bwd_us = median_us(opt, [&] { flash_attn_varlen_bwd(args, ctx); });
+
+  // FlashMLA's counting (reference §7.2): A unmasked (q, k) pairs; forward A·h·2·(d + dv),
+  // backward A·h·2·(3d + 2dv). Bytes: q, k, v and out once (forward), plus dout, dq, dk, dv.
+  double pairs = 0;
+  for (int64_t i = 0; i < cs.batch; ++i) {
+    const int64_t s_q = data.q_lens[i], s_k = data.kv_lens[i];
+    for (int64_t r = 0; r < s_q; ++r) {
+      pairs += cs.causal ? std::clamp<int64_t>(r + 1 + s_k - s_q, 0, s_k) : s_k;
+    }
+  }
+  const double h = cs.num_heads_q, d = cs.d_qk, dv = cs.d_v;
+  const double tq = data.total_q(), tk = data.total_kv(), hk = cs.num_heads_kv;
+  const double fwd_flops = pairs * h * 2 * (d + dv), bwd_flops = pairs * h * 2 * (3 * d + 2 * dv);
+  const double fwd_bytes = 2 * (tq * h * (d + dv) + tk * hk * (d + dv));
+  const double bwd_bytes = 2 * fwd_bytes + 2 * tq * h * dv;
+  Row fwd{.name = "fwd " + cs.name(), .us = fwd_us, .tflops = fwd_flops / fwd_us * 1e-6,
+          .gbps = fwd_bytes / fwd_us * 1e-3};
+  Row bwd{.name = "bwd " + cs.name(), .us = bwd_us, .tflops = bwd_flops / bwd_us * 1e-6,
+          .gbps = bwd_bytes / bwd_us * 1e-3};
+
+  const int64_t k = std::min<int64_t>(opt.check, cs.batch);
+  if (k > 0) {
+    const int64_t group = cs.num_heads_q / cs.num_heads_kv;
+    const int64_t sq = data.cu_seqlens_qo.i32({k}), sk = data.cu_seqlens_kv.i32({k});
+    HostTensor out = HostTensor::empty(DType::bf16, {sq, group, cs.d_v});
+    HostTensor lse = HostTensor::empty(DType::fp32, {sq, group});
+    HostTensor dq = HostTensor::empty(DType::bf16, {sq, group, cs.d_qk});
+    HostTensor dk = HostTensor::empty(DType::bf16, {sk, 1, cs.d_qk});
+    HostTensor dvv = HostTensor::empty(DType::bf16, {sk, 1, cs.d_v});
+    const MhaBwdArgs ref_args = mha_sample(data, k, out, lse, dq, dk, dvv);
+    ref::mha_fwd(ref_args.fwd);
+    ref::mha_bwd(ref_args);
+    auto mine = [&](const TensorView& v, int64_t rows, int64_t heads) {
+      return first_heads(first_rows(v, rows), heads);
+    };
+    const auto c_out = testing::check_is_allclose("out", mine(args.fwd.out, sq, group),
+                                                  out.view(), 1e-3, 8.01 / 128, 7e-6);
+    TensorView my_lse = first_rows(args.fwd.lse, sq);
+    my_lse.shape[1] = group;
+    const auto c_lse = testing::check_is_allclose("lse", my_lse, lse.view(), 1e-6, 2.01 / 65536);
+    const auto c_dq = testing::check_is_allclose("dq", mine(args.dq, sq, group), dq.view(), 1e-3,
+                                                 8.01 / 128, 7e-6);
+    const auto c_dk = testing::check_is_allclose("dk", mine(args.dk, sk, 1), dk.view(), 1e-3,
+                                                 8.01 / 128, 7e-6);
+    const auto c_dv = testing::check_is_allclose("dv", mine(args.dv, sk, 1), dvv.view(), 1e-3,
+                                                 8.01 / 128, 7e-6);
+    fwd.ok = c_out.ok && c_lse.ok;
+    fwd.max_err = std::max(c_out.max_abs_err, c_lse.max_abs_err);
+    bwd.ok = c_dq.ok && c_dk.ok && c_dv.ok;
+    bwd.max_err = std::max({c_dq.max_abs_err, c_dk.max_abs_err, c_dv.max_abs_err});
+    for (const auto* c : {&c_out, &c_lse, &c_dq, &c_dk, &c_dv}) {
+      if (!c->ok) std::fprintf(stderr, "%s\n", c->message.c_str());
+    }
+  }
+  return {fwd, bwd};
+}
+
 }  // namespace flashmla::cli

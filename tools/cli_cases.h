@@ -3,8 +3,10 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "testing/decode_case.h"
+#include "testing/mha_case.h"
 #include "testing/prefill_case.h"
 #include "testing/sparse_decode_case.h"
 
@@ -24,5 +26,8 @@ struct Row {
 Row run_dense_decode_case(const testing::DenseDecodeCase& cs, const RunOptions& opt);
 Row run_sparse_decode_case(const testing::SparseDecodeCase& cs, const RunOptions& opt);
 Row run_sparse_prefill_case(const testing::SparsePrefillCase& cs, const RunOptions& opt);
+// Dense MHA prefill: two rows, forward then backward. opt.check sequences are checked, on the
+// query heads of the first KV head.
+std::vector<Row> run_mha_case(const testing::MhaCase& cs, const RunOptions& opt);
 
 }  // namespace flashmla::cli

@@ -27,12 +27,14 @@ struct Options {
   uint64_t seed = 1;
 };
 
-enum class Op { dense_decode, sparse_decode, sparse_prefill };
+enum class Op { dense_decode, sparse_decode, sparse_prefill, mha_prefill };
 
 // A preset: an operation on DeepSeek shapes (h_kv 1, d_qk 576, d_v 512). Dense decode: batch
 // sizes and mean lengths, each request's length max(N(mean, mean/2), q_len). Sparse prefill:
 // `mean_len` are s_kv values, `batch` is unused, topk indices per query token. Sparse decode:
-// FP8 V32 cache, `mean_len` tokens per request, topk indices per query token.
+// FP8 V32 cache, `mean_len` tokens per request, topk indices per query token. MHA prefill:
+// `batch` sequences of `mean_len` queries and keys each (d_qk 192, d_v 128, h_kv = h_q unless
+// --heads-kv), forward and backward.
 struct Preset {
   const char* help;
   Op op;
@@ -58,6 +60,9 @@ const std::map<std::string, Preset>& presets() {
       {"v32-sparse-prefill", {"DeepSeek-V3.2 sparse prefill, h_q 128, topk 2048, s_kv 8K, "
                               "s_q 256 (FlashMLA's perf shape: -s 4096)",
                               Op::sparse_prefill, {1}, {8192}, 256, 128, false, 2048}},
+      {"mha-prefill", {"DeepSeek-V3 MHA prefill (d_qk 192, d_v 128), forward and backward, "
+                       "causal, on a tensor-parallel rank (h 16), b 1, lengths 1K and 2K",
+                       Op::mha_prefill, {1}, {1024, 2048}, 0, 16, true, 0}},
   };
   return p;
 }
@@ -68,7 +73,8 @@ int main(int argc, char** argv) {
   Options opt;
   const auto positive = CLI::Range(int64_t{1}, int64_t{1} << 30);
   const auto non_negative = CLI::Range(int64_t{0}, int64_t{1} << 30);
-  CLI::App app{"Runs DeepSeek MLA attention (dense decode, sparse prefill) on realistic shapes, "
+  CLI::App app{"Runs DeepSeek MLA attention (dense and sparse decode, sparse prefill, MHA "
+               "prefill forward and backward) on realistic shapes, "
                "checks a sample against the double-precision reference and prints a table.\n"
                "Shape options override the preset's values."};
   std::string preset_help = "Preset to run:";
@@ -78,12 +84,13 @@ int main(int argc, char** argv) {
       ->check(positive);
   app.add_option("-l,--mean-len", opt.mean_len,
                  "Decode: mean KV lengths, each request's max(N(mean, mean/2), q_len); "
-                 "sparse prefill: s_kv values")
+                 "sparse prefill: s_kv values; MHA prefill: keys per sequence")
       ->check(non_negative);
   app.add_option("--topk", opt.topk, "Sparse decode / prefill: indices per query token")
       ->check(positive);
   app.add_option("-s,--q-len", opt.q_len,
-                 "Query tokens per request (s_q; >1 for MTP); sparse prefill: query tokens")
+                 "Query tokens per request (s_q; >1 for MTP); sparse prefill: query tokens; "
+                 "MHA prefill: queries per sequence (default: its key count)")
       ->check(positive);
   app.add_option("--heads-q", opt.heads_q, "Query heads (h_q)")->check(positive);
   app.add_option("--heads-kv", opt.heads_kv, "KV heads (h_kv, must divide h_q); default 1")
@@ -100,8 +107,8 @@ int main(int argc, char** argv) {
   app.add_option("--iters", opt.iters, "Timed calls per case (the median is reported)")
       ->capture_default_str()->check(positive);
   app.add_option("--check-requests", opt.check_requests,
-                 "Requests (decode) or query tokens (prefill) per case checked against the "
-                 "reference (0 = none)")
+                 "Requests (decode), query tokens (sparse prefill) or sequences (MHA prefill, "
+                 "first KV head's query heads) per case checked against the reference (0 = none)")
       ->capture_default_str()->check(non_negative);
   app.add_option("--seed", opt.seed, "Random seed")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -128,8 +135,15 @@ int main(int argc, char** argv) {
     for (int64_t b : batches) {
       for (int64_t len : lens) {
         const int64_t heads_q = opt.heads_q ? opt.heads_q : pre.heads_q;
-        Row r;
-        if (pre.op == Op::dense_decode) {
+        std::vector<Row> rows(1);
+        Row& r = rows[0];
+        if (pre.op == Op::mha_prefill) {
+          rows = flashmla::cli::run_mha_case(
+              {.batch = b, .q_len = opt.q_len ? opt.q_len : len, .kv_len = len,
+               .num_heads_q = heads_q, .num_heads_kv = opt.heads_kv ? opt.heads_kv : heads_q,
+               .d_qk = 192, .d_v = 128, .causal = causal, .seed = opt.seed},
+              run);
+        } else if (pre.op == Op::dense_decode) {
           r = flashmla::cli::run_dense_decode_case(
               {.batch = b, .q_len = q_len, .kv_len = len, .num_heads_q = heads_q,
                .num_heads_kv = opt.heads_kv ? opt.heads_kv : 1,
@@ -150,9 +164,12 @@ int main(int argc, char** argv) {
                .topk = opt.topk ? opt.topk : pre.topk, .sink = true, .seed = opt.seed},
               run);
         }
-        all_ok &= r.ok;
-        std::printf("%-58s %12.1f %9.4f %9.2f %10.2e %6s\n", r.name.c_str(), r.us, r.tflops,
-                    r.gbps, r.max_err, opt.check_requests ? (r.ok ? "ok" : "FAIL") : "-");
+        for (const Row& row : rows) {
+          all_ok &= row.ok;
+          std::printf("%-58s %12.1f %9.4f %9.2f %10.2e %6s\n", row.name.c_str(), row.us,
+                      row.tflops, row.gbps, row.max_err,
+                      opt.check_requests ? (row.ok ? "ok" : "FAIL") : "-");
+        }
       }
     }
   } catch (const std::exception& e) {  // flashmla::Error for bad shapes; bad_alloc for huge ones
