@@ -65,7 +65,16 @@ void Checker::present(const TensorView& t, const char* arg) const {
   for (int d = 0; d < t.rank; ++d) {
     if (t.shape[d] < 0) fail(ErrorKind::value, arg, "non-negative sizes", t.shape_string());
   }
-  if (t.data == nullptr && t.numel() > 0) {
+  // The element count, without overflow: an empty tensor (a size of 0) needs no data.
+  bool empty = false;
+  for (int d = 0; d < t.rank; ++d) empty = empty || t.shape[d] == 0;
+  int64_t count = 1;
+  for (int d = 0; d < t.rank && !empty; ++d) {
+    if (__builtin_mul_overflow(count, t.shape[d], &count)) {
+      fail(ErrorKind::value, arg, "sizes whose element count fits in int64", t.shape_string());
+    }
+  }
+  if (t.data == nullptr && !empty) {
     fail(ErrorKind::value, arg, "a non-null data pointer", "null");
   }
   if (t.device != Device::cpu) {

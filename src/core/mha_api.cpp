@@ -22,35 +22,35 @@ bool valid_head_dim(int64_t d) {
   return d >= kMhaHeadDimMultiple && d <= kMhaMaxHeadDim && d % kMhaHeadDimMultiple == 0;
 }
 
-// A (b + 1,) cu_seqlens tensor: 0 first, non-decreasing, `total` last. Returns the offsets and
-// checks max_seqlen against every length.
+// A (b + 1,) cu_seqlens tensor: 0 first, non-decreasing, `total` last. Returns the offsets;
+// then every length must be at most max_seqlen.
 std::vector<int64_t> checked_offsets(const Checker& c, const TensorView& cu, const char* arg,
                                      int64_t total, const char* total_name, int64_t max_seqlen,
                                      const char* max_arg) {
   const auto* v = cu.ptr<const int32_t>();
   const int64_t b = cu.size(0) - 1;
-  std::vector<int64_t> start(static_cast<size_t>(b + 1));
-  for (int64_t i = 0; i <= b; ++i) {
-    start[i] = v[i];
-    const std::string at = std::string(arg) + "[" + std::to_string(i) + "] = " +
-                           std::to_string(v[i]);
-    if (i == 0 && v[0] != 0) c.fail(ErrorKind::value, arg, "a first entry of 0", at);
-    if (i > 0 && v[i] < v[i - 1]) {
-      c.fail(ErrorKind::value, arg, "non-decreasing entries (" + std::string(arg) + "[" +
-                                        std::to_string(i - 1) + "] = " +
-                                        std::to_string(v[i - 1]) + ")", at);
-    }
-    if (i > 0 && v[i] - v[i - 1] > max_seqlen) {
-      c.fail(ErrorKind::value, max_arg,
-             ">= every sequence length (sequence " + std::to_string(i - 1) + " has " +
-                 std::to_string(v[i] - v[i - 1]) + ")",
-             std::to_string(max_seqlen));
+  auto entry = [&](int64_t i) {
+    return std::string(arg) + "[" + std::to_string(i) + "] = " + std::to_string(v[i]);
+  };
+  if (v[0] != 0) c.fail(ErrorKind::value, arg, "a first entry of 0", entry(0));
+  for (int64_t i = 1; i <= b; ++i) {
+    if (v[i] < v[i - 1]) {
+      c.fail(ErrorKind::value, arg, "non-decreasing entries (" + entry(i - 1) + ")", entry(i));
     }
   }
-  if (start[b] != total) {
-    c.fail(ErrorKind::value, arg, "a last entry equal to " + std::string(total_name) + " = " +
-                                      std::to_string(total),
-           std::string(arg) + "[" + std::to_string(b) + "] = " + std::to_string(start[b]));
+  if (v[b] != total) {
+    c.fail(ErrorKind::value, arg,
+           "a last entry equal to " + std::string(total_name) + " = " + std::to_string(total),
+           entry(b));
+  }
+  std::vector<int64_t> start(v, v + b + 1);
+  for (int64_t i = 0; i < b; ++i) {
+    if (start[i + 1] - start[i] > max_seqlen) {
+      c.fail(ErrorKind::value, max_arg,
+             ">= every sequence length (sequence " + std::to_string(i) + " has " +
+                 std::to_string(start[i + 1] - start[i]) + ")",
+             std::to_string(max_seqlen));
+    }
   }
   return start;
 }
@@ -136,6 +136,10 @@ void check_problem(const Checker& c, const MhaFwdArgs& a, core::MhaParams& p) {
                                "max_seqlen_kv");
   }
 
+  if (!(a.dropout_p >= 0.0f && a.dropout_p <= 1.0f)) {
+    c.fail(ErrorKind::value, "dropout_p", "a probability in [0, 1] (and 0: no dropout)",
+           std::to_string(a.dropout_p));
+  }
   if (a.dropout_p != 0.0f) {
     c.fail(ErrorKind::unsupported, "dropout_p", "0 (dropout is not supported)",
            std::to_string(a.dropout_p));
@@ -227,7 +231,7 @@ void check_packed(const Checker& c, const TensorView& t, const char* arg, int64_
   c.rank(t, arg, 3);
   c.dtype(t, arg, {DType::bf16});
   c.last_dim_contiguous(t, arg);
-  if (head_dim_qk < 1 || t.size(2) <= parts * head_dim_qk) {
+  if (head_dim_qk < 1 || head_dim_qk > (t.size(2) - 1) / parts) {  // d_v = rest >= 1
     c.fail(ErrorKind::value, arg,
            std::string("last dimension ") + layout + " with head_dim_qk = " +
                std::to_string(head_dim_qk) + " and d_v >= 1",

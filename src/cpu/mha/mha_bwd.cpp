@@ -81,7 +81,9 @@ void probabilities_and_ds(const core::MhaParams& p, const AttnMicrokernel& mk, c
     float* s = sc.s.data() + static_cast<size_t>(i) * kKvTile;
     float* dp = sc.dp.data() + static_cast<size_t>(i) * kKvTile;
     for (int j = 0; j < visible; ++j) {
-      s[j] = std::exp2(s[j] - lse2);
+      // P <= 1 exactly; the clamp only matters when fp32 cannot resolve the logits (|s| of
+      // 1e9 and more), where the lse round trip could otherwise overflow exp2.
+      s[j] = std::exp2(std::min(s[j] - lse2, 0.0f));
       dp[j] = s[j] * (dp[j] - d);
     }
     std::fill(s + visible, s + kKvTile, 0.0f);
