@@ -32,7 +32,7 @@ void softmax_probs(const MhaHeadProblem& p, std::vector<double>& probs, std::vec
     if (n == 0) continue;
     double max_logit = -std::numeric_limits<double>::infinity();
     for (int64_t j = 0; j < n; ++j) {
-      logits[j] = p.scale * dot(&p.q[i * p.d_qk], &p.k[j * p.d_qk], p.d_qk);
+      logits[j] = p.scale * dot(p.q.data() + i * p.d_qk, p.k.data() + j * p.d_qk, p.d_qk);
       max_logit = std::max(max_logit, logits[j]);
     }
     double sum = 0;
@@ -111,7 +111,7 @@ MhaHeadOutput mha_head_fwd(const MhaHeadProblem& p) {
   o.out.assign(static_cast<size_t>(p.s_q * p.d_v), 0.0);
   for (int64_t i = 0; i < p.s_q; ++i) {
     const int64_t n = mha_visible_keys(p.s_q, p.s_k, p.causal, i);
-    double* out = &o.out[i * p.d_v];
+    double* out = o.out.data() + i * p.d_v;
     for (int64_t j = 0; j < n; ++j) {
       const double pij = probs[i * p.s_k + j];
       for (int64_t c = 0; c < p.d_v; ++c) out[c] += pij * p.v[j * p.d_v + c];
@@ -130,21 +130,21 @@ MhaHeadGrads mha_head_bwd(const MhaHeadProblem& p, const std::vector<double>& do
   std::vector<double> ds(static_cast<size_t>(p.s_k));
   for (int64_t i = 0; i < p.s_q; ++i) {
     const int64_t n = mha_visible_keys(p.s_q, p.s_k, p.causal, i);
-    const double* d_o = &dout[i * p.d_v];
-    const double* prob = &probs[i * p.s_k];
+    const double* d_o = dout.data() + i * p.d_v;
+    const double* prob = probs.data() + i * p.s_k;
     // dP_ij = <dO_i, V_j>; D_i = Σ_j P_ij dP_ij (= <dO_i, out_i> with the exact out).
     double d_i = 0;
     for (int64_t j = 0; j < n; ++j) {
-      ds[j] = dot(d_o, &p.v[j * p.d_v], p.d_v);
+      ds[j] = dot(d_o, p.v.data() + j * p.d_v, p.d_v);
       d_i += prob[j] * ds[j];
     }
     for (int64_t j = 0; j < n; ++j) ds[j] = prob[j] * (ds[j] - d_i);  // dS_ij
-    double* dq = &g.dq[i * p.d_qk];
-    const double* q = &p.q[i * p.d_qk];
+    double* dq = g.dq.data() + i * p.d_qk;
+    const double* q = p.q.data() + i * p.d_qk;
     for (int64_t j = 0; j < n; ++j) {
-      const double* k = &p.k[j * p.d_qk];
-      double* dk = &g.dk[j * p.d_qk];
-      double* dv = &g.dv[j * p.d_v];
+      const double* k = p.k.data() + j * p.d_qk;
+      double* dk = g.dk.data() + j * p.d_qk;
+      double* dv = g.dv.data() + j * p.d_v;
       for (int64_t c = 0; c < p.d_qk; ++c) dq[c] += ds[j] * k[c];   // Σ_j dS_ij K_j
       for (int64_t c = 0; c < p.d_qk; ++c) dk[c] += ds[j] * q[c];   // Σ_i dS_ij Q_i
       for (int64_t c = 0; c < p.d_v; ++c) dv[c] += prob[j] * d_o[c];  // Σ_i P_ij dO_i
