@@ -1,9 +1,11 @@
 # make run   installs what is missing, builds, runs the main job (DeepSeek-V3 dense decode preset)
-# make test  installs what is missing, builds, runs every test
+# make test  installs what is missing, builds, runs every test (C++ through ctest, Python through
+#            pytest on the flash_mla package installed into .venv)
 BUILD_DIR ?= build
+VENV ?= .venv
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test clean
+.PHONY: all deps build python run test clean
 
 all: build
 
@@ -14,11 +16,15 @@ build: deps
 	@cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build $(BUILD_DIR) -j $(JOBS)
 
+python: deps
+	@bash scripts/setup-python.sh $(VENV)
+
 run: build
 	$(BUILD_DIR)/flashmla_cli --preset v3-decode-quick
 
-test: build
+test: build python
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+	$(VENV)/bin/python -m pytest tests/python -q
 
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(VENV)

@@ -3,7 +3,9 @@
 # Debian packages only (apt-get), so a fresh machine of the project's kind gets everything.
 set -euo pipefail
 
-packages=(cmake make g++ libgtest-dev libcli11-dev)
+# python3-torch is Debian's CPU build of PyTorch (PyPI's default torch is a multi-GB CUDA build);
+# the Python tests use it with Debian's python3 through a venv (scripts/setup-python.sh).
+packages=(cmake make g++ libgtest-dev libcli11-dev python3 python3-venv python3-dev python3-torch)
 
 missing=()
 for p in "${packages[@]}"; do
