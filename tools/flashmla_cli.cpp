@@ -126,8 +126,9 @@ int main(int argc, char** argv) {
 
   const flashmla::cli::RunOptions run{.threads = opt.threads, .warmup = opt.warmup,
                                       .iters = opt.iters, .check = opt.check_requests};
-  std::printf("flashmla %s | preset %s | threads %d | microkernel portable\n", flashmla::kVersion,
-              opt.preset.c_str(), flashmla::resolved_num_threads({.num_threads = opt.threads}));
+  std::printf("flashmla %s | preset %s | threads %d | microkernel %s\n", flashmla::kVersion,
+              opt.preset.c_str(), flashmla::resolved_num_threads({.num_threads = opt.threads}),
+              flashmla::cpu_microkernel_name());
   std::printf("%-58s %12s %9s %9s %10s %6s\n", "case", "us", "TFLOP/s", "GB/s", "max_err",
               "check");
   bool all_ok = true;

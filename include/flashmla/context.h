@@ -16,4 +16,9 @@ struct Context {
 // Number of CPU worker threads a call with this context uses.
 int resolved_num_threads(const Context& ctx);
 
+// The CPU microkernel every operation uses in this process ("avx512" or "portable"): the best
+// one CPUID and the OS support, capped by the environment variable FLASHMLA_ISA ("portable",
+// "avx512"; unset or "native" = no cap). Chosen once, on first use.
+const char* cpu_microkernel_name();
+
 }  // namespace flashmla

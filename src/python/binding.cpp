@@ -115,6 +115,7 @@ void bind_views(nb::module_& m) {
       .def(nb::init<>())
       .def_rw("num_threads", &Context::num_threads);
   m.def("resolved_num_threads", &resolved_num_threads, nb::arg("ctx") = Context{});
+  m.def("cpu_microkernel_name", &cpu_microkernel_name);
 }
 
 void bind_decode(nb::module_& m) {

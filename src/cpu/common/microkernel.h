@@ -48,5 +48,11 @@ struct AttnMicrokernel {
 
 // The portable microkernel: fp32 operands, plain loops that any compiler vectorises.
 const AttnMicrokernel& portable_microkernel();
+// AVX-512 (F/BW/VL/DQ) fp32 microkernel, register-blocked. Call only where the CPU has it.
+const AttnMicrokernel& avx512_microkernel();
+
+// The microkernel of this process (src/cpu/common/isa.cpp): chosen once from CPUID, capped by
+// FLASHMLA_ISA. Every driver uses it.
+const AttnMicrokernel& active_microkernel();
 
 }  // namespace flashmla::cpu

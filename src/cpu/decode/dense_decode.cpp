@@ -146,7 +146,7 @@ class DenseDecodeDriver {
 }  // namespace
 
 void run_dense_decode(const core::DenseDecodeParams& p) {
-  const AttnMicrokernel& mk = portable_microkernel();
+  const AttnMicrokernel& mk = active_microkernel();
   const DenseDecodeDriver driver(p, mk);
 #pragma omp parallel num_threads(p.num_threads)
   {

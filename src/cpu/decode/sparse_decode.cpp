@@ -148,7 +148,7 @@ class SparseDecodeDriver {
 }  // namespace
 
 void run_sparse_decode(const core::SparseDecodeParams& p) {
-  const AttnMicrokernel& mk = portable_microkernel();
+  const AttnMicrokernel& mk = active_microkernel();
   const SparseDecodeDriver driver(p, mk);
 #pragma omp parallel num_threads(p.num_threads)
   {

@@ -171,7 +171,7 @@ void dq_task(const core::MhaParams& p, const AttnMicrokernel& mk, const RowStats
 }  // namespace
 
 void run_mha_bwd(const core::MhaParams& p) {
-  const AttnMicrokernel& mk = portable_microkernel();
+  const AttnMicrokernel& mk = active_microkernel();
   const RowStats rs = row_stats(p);
   const std::vector<SeqTile> kv_tiles = seq_tiles(p.kv_start, kKvTile);
   const std::vector<SeqTile> q_tiles = seq_tiles(p.q_start, kRowTile);

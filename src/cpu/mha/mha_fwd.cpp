@@ -60,7 +60,7 @@ void fwd_task(const core::MhaParams& p, const AttnMicrokernel& mk, const SeqTile
 }  // namespace
 
 void run_mha_fwd(const core::MhaParams& p) {
-  const AttnMicrokernel& mk = portable_microkernel();
+  const AttnMicrokernel& mk = active_microkernel();
   const std::vector<SeqTile> tiles = seq_tiles(p.q_start, kRowTile);
   const int64_t num_tiles = static_cast<int64_t>(tiles.size());
   const int64_t tasks = num_tiles * p.num_heads_q;

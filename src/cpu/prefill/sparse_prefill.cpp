@@ -76,7 +76,7 @@ void run_task(const core::SparsePrefillParams& p, const AttnMicrokernel& mk, int
 }  // namespace
 
 void run_sparse_prefill(const core::SparsePrefillParams& p) {
-  const AttnMicrokernel& mk = portable_microkernel();
+  const AttnMicrokernel& mk = active_microkernel();
   const int row_tile = static_cast<int>(std::min<int64_t>(p.num_heads_q, kMaxRowTile));
   const int64_t head_tiles = (p.num_heads_q + row_tile - 1) / row_tile;
 #pragma omp parallel num_threads(p.num_threads)

@@ -1,0 +1,69 @@
+#include "cpu/common/isa.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "cpu/common/microkernel.h"
+#include "flashmla/context.h"
+
+namespace flashmla::cpu {
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return "avx512";
+    default: return "portable";
+  }
+}
+
+std::optional<Isa> isa_from_name(std::string_view name) {
+  for (Isa isa : {Isa::portable, Isa::avx512}) {
+    if (name == isa_name(isa)) return isa;
+  }
+  return std::nullopt;
+}
+
+Isa detected_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  // libgcc's CPUID probe also checks (XGETBV) that the OS saves the AVX-512 register state.
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    return Isa::avx512;
+  }
+#endif
+  return Isa::portable;
+}
+
+Isa active_isa() {
+  static const Isa isa = [] {
+    const Isa best = detected_isa();
+    const char* env = std::getenv("FLASHMLA_ISA");
+    Isa chosen = best;
+    if (env != nullptr && *env != '\0' && std::string_view(env) != "native") {
+      if (std::optional<Isa> cap = isa_from_name(env)) {
+        chosen = *cap < best ? *cap : best;
+      } else {
+        std::fprintf(stderr, "flashmla: ignoring FLASHMLA_ISA=%s (expected portable, avx512 or "
+                             "native)\n", env);
+      }
+    }
+    if (const char* log = std::getenv("FLASHMLA_LOG"); log && std::string_view(log) == "debug") {
+      std::fprintf(stderr, "flashmla: CPU supports %s; microkernel %s\n", isa_name(best),
+                   isa_name(chosen));
+    }
+    return chosen;
+  }();
+  return isa;
+}
+
+const AttnMicrokernel& active_microkernel() {
+  return active_isa() == Isa::avx512 ? avx512_microkernel() : portable_microkernel();
+}
+
+}  // namespace flashmla::cpu
+
+namespace flashmla {
+
+const char* cpu_microkernel_name() { return cpu::active_microkernel().name; }
+
+}  // namespace flashmla

@@ -1,0 +1,40 @@
+// Run-time choice of the CPU microkernel (src/cpu/common/isa.h).
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "cpu/common/isa.h"
+#include "cpu/common/microkernel.h"
+#include "flashmla/context.h"
+
+namespace flashmla::cpu {
+namespace {
+
+TEST(Isa, NamesRoundTrip) {
+  for (Isa isa : {Isa::portable, Isa::avx512}) EXPECT_EQ(isa_from_name(isa_name(isa)), isa);
+  EXPECT_FALSE(isa_from_name("avx1024").has_value());
+  EXPECT_FALSE(isa_from_name("").has_value());
+}
+
+TEST(Isa, DetectionMatchesCpuid) {
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  EXPECT_EQ(detected_isa(), avx512 ? Isa::avx512 : Isa::portable);
+}
+
+// The active level is the detected one capped by FLASHMLA_ISA (ctest runs this suite with and
+// without the cap), and every driver's microkernel carries its name.
+TEST(Isa, ActiveIsDetectedCappedByEnvironment) {
+  const char* env = std::getenv("FLASHMLA_ISA");
+  Isa want = detected_isa();
+  if (env != nullptr) {
+    if (auto cap = isa_from_name(env); cap && *cap < want) want = *cap;
+  }
+  EXPECT_EQ(active_isa(), want);
+  EXPECT_EQ(std::string(active_microkernel().name), isa_name(want));
+  EXPECT_EQ(std::string(cpu_microkernel_name()), isa_name(want));
+}
+
+}  // namespace
+}  // namespace flashmla::cpu
