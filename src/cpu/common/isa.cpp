@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cpu/common/kv_codec.h"
 #include "cpu/common/microkernel.h"
 #include "flashmla/context.h"
 
@@ -58,6 +59,10 @@ Isa active_isa() {
 
 const AttnMicrokernel& active_microkernel() {
   return active_isa() == Isa::avx512 ? avx512_microkernel() : portable_microkernel();
+}
+
+DequantizeKvTokenFn active_kv_dequantizer() {
+  return active_isa() >= Isa::avx512 ? &dequantize_kv_token_avx512 : &dequantize_kv_token;
 }
 
 }  // namespace flashmla::cpu

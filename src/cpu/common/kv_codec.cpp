@@ -46,7 +46,10 @@ void dequantize_kv_token(KvFormat format, KvTokenBytes src, uint16_t* k) {
       scale = bf16_to_float(float_to_bf16(ue8m0_to_float(src.scales[g])));  // bf16 multiply
     }
     for (int c = 0; c < f.tile; ++c) {
-      k[g * f.tile + c] = float_to_bf16(fp8_e4m3_to_float(src.values[g * f.tile + c]) * scale);
+      // A NaN code stays that NaN whatever the scale (which NaN a product of two NaNs yields
+      // depends on the operand order the compiler picks).
+      const float x = fp8_e4m3_to_float(src.values[g * f.tile + c]);
+      k[g * f.tile + c] = float_to_bf16(std::isnan(x) ? x : x * scale);
     }
   }
   const uint8_t* rope = format == KvFormat::v32 ? src.values + 528 : src.values + f.d_nope;

@@ -27,5 +27,13 @@ void quantize_kv_token(KvFormat format, const uint16_t* k, KvTokenBytes dst);
 
 // Dequantizes one token into d_qk bf16 values, with the kernels' numerics (§4.3).
 void dequantize_kv_token(KvFormat format, KvTokenBytes src, uint16_t* k);
+// The same, bit for bit, 16 values per AVX-512 step (kv_codec_avx512.cpp); only where the CPU
+// has AVX-512F/BW/VL/DQ.
+void dequantize_kv_token_avx512(KvFormat format, KvTokenBytes src, uint16_t* k);
+
+// The dequantizer the kernels use in this process: the AVX-512 one where the run-time ISA choice
+// (isa.cpp, capped by FLASHMLA_ISA) allows it, else the scalar one.
+using DequantizeKvTokenFn = void (*)(KvFormat format, KvTokenBytes src, uint16_t* k);
+DequantizeKvTokenFn active_kv_dequantizer();
 
 }  // namespace flashmla::cpu

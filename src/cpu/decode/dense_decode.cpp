@@ -96,7 +96,7 @@ class DenseDecodeDriver {
         if (p_.kv_fp8_v32) {  // dequantised once per tile, for every head
           uint16_t* dst = sc.staging.data() + static_cast<size_t>(j) * d_qk;
           auto* bytes = static_cast<uint8_t*>(const_cast<void*>(sc.tokens[j]));
-          dequantize_kv_token(KvFormat::v32, {bytes, bytes + 512}, dst);
+          dequant_(KvFormat::v32, {bytes, bytes + 512}, dst);
           sc.tokens[j] = dst;
         }
       }
@@ -138,6 +138,7 @@ class DenseDecodeDriver {
 
   const core::DenseDecodeParams& p_;
   const AttnMicrokernel& mk_;
+  const DequantizeKvTokenFn dequant_ = active_kv_dequantizer();  // FP8 tiles
   const int64_t hpk_;
   const size_t elem_;     // bytes per element of q and out
   const size_t kv_elem_;  // bytes per element of k_cache

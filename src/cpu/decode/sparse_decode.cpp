@@ -30,7 +30,7 @@ constexpr int kMaxRowTile = 128;
 // Gathers the valid in-length entries of columns [c0, c1) of one query token's list into
 // sc.tokens (bf16 rows); returns how many.
 int gather(const SparseKvPool& pool, const int32_t* row, int64_t c0, int64_t c1, int d_qk,
-           AttnScratch& sc) {
+           DequantizeKvTokenFn dequant, AttnScratch& sc) {
   int n = 0;
   for (int64_t col = c0; col < c1; ++col) {
     const int32_t v = row[col];
@@ -43,10 +43,8 @@ int gather(const SparseKvPool& pool, const int32_t* row, int64_t c0, int64_t c1,
     }
     const KvFormat format = pool.kind == KvCacheKind::fp8_v32 ? KvFormat::v32 : KvFormat::model1;
     uint16_t* dst = sc.staging.data() + static_cast<size_t>(n) * d_qk;
-    dequantize_kv_token(format,
-                        kv_token_bytes(format, const_cast<uint8_t*>(block),
-                                       pool.page_block_size, off),
-                        dst);
+    dequant(format, kv_token_bytes(format, const_cast<uint8_t*>(block), pool.page_block_size, off),
+            dst);
     sc.tokens[n++] = dst;
   }
   return n;
@@ -108,7 +106,7 @@ class SparseDecodeDriver {
       const int64_t c0 = (in_main ? blk : blk - main) * kKvTile;
       const int64_t c1 = std::min(c0 + kKvTile, length(pool, r));
       const int32_t* row = pool.indices + r * pool.indices_stride[0] + s * pool.indices_stride[1];
-      const int n = gather(pool, row, c0, c1, d_qk, sc);
+      const int n = gather(pool, row, c0, c1, d_qk, dequant_, sc);
       if (n == 0) continue;
       mk_.pack_kv(sc.tokens.data(), n, DType::bf16, d_qk, d_v, sc.k.data(), sc.v.data());
       mk_.qk(sc.q.data(), nh, sc.k.data(), d_qk, p_.scale_log2, sc.s.data());
@@ -143,6 +141,7 @@ class SparseDecodeDriver {
 
   const core::SparseDecodeParams& p_;
   const AttnMicrokernel& mk_;
+  const DequantizeKvTokenFn dequant_ = active_kv_dequantizer();
 };
 
 }  // namespace
