@@ -5,7 +5,7 @@ BUILD_DIR ?= build
 VENV ?= .venv
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build python run test clean
+.PHONY: all deps build python run test bench clean
 
 all: build
 
@@ -25,6 +25,11 @@ run: build
 test: build python
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 	$(VENV)/bin/python -m pytest tests/python -q
+
+# Benchmark: every operation on the tests' grid and model presets, each microkernel, against the
+# machine's measured DRAM bandwidth and matrix peak; table on stdout, CSV/JSON/PNG in bench_results/.
+bench: build python
+	$(VENV)/bin/python bench/run_bench.py --build-dir $(BUILD_DIR) --out bench_results
 
 clean:
 	rm -rf $(BUILD_DIR) $(VENV)

@@ -5,7 +5,7 @@ set -euo pipefail
 
 # python3-torch is Debian's CPU build of PyTorch (PyPI's default torch is a multi-GB CUDA build);
 # the Python tests use it with Debian's python3 through a venv (scripts/setup-python.sh).
-packages=(cmake make g++ libgtest-dev libcli11-dev python3 python3-venv python3-dev python3-torch)
+packages=(cmake make g++ libgtest-dev libcli11-dev libbenchmark-dev python3 python3-venv python3-dev python3-torch)
 
 missing=()
 for p in "${packages[@]}"; do

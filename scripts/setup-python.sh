@@ -20,6 +20,7 @@ need=()
 "$py" -c "import scikit_build_core" 2>/dev/null || need+=("scikit-build-core>=0.10")
 "$py" -c "import ml_dtypes" 2>/dev/null || need+=("ml_dtypes")
 "$py" -c "import pytest" 2>/dev/null || need+=("pytest")
+"$py" -c "import matplotlib" 2>/dev/null || need+=("matplotlib")  # make bench's plot
 if ((${#need[@]})); then
   echo "setup-python: pip installing ${need[*]}"
   "$py" -m pip install -q "${need[@]}" "numpy<2"

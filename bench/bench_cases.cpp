@@ -1,0 +1,266 @@
+// The operation cases: generate data with the tests' generators, rotate over copies of it so
+// that the inputs come from DRAM, compute the schedule once (as a model's layers share it),
+// warm up once, time calls, and count work with FlashMLA's formulas (reference §7,
+// shared/design/performance.md), as tools/cli_cases.cpp does.
+#include "bench_cases.h"
+
+#include <algorithm>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+#include "bench_util.h"
+#include "flashmla/flashmla.h"
+
+namespace flashmla::bench {
+namespace {
+
+// Fills `sets` with `n` copies of `first` (the vector is reserved first, so the views of the
+// copies never move).
+template <class Data>
+void make_copies(std::vector<Data>& sets, Data first, int n) {
+  sets.reserve(static_cast<size_t>(n));
+  sets.push_back(std::move(first));
+  for (int i = 1; i < n; ++i) sets.push_back(sets[0]);
+}
+
+// ---- decode, dense and sparse ----
+
+struct DecodeRun : CaseData {
+  std::vector<testing::DenseDecodeData> dense;
+  std::vector<testing::SparseDecodeData> sparse;
+  std::vector<MlaDecodeArgs> args;
+  std::vector<int32_t> meta, splits;
+  double flops = 0, bytes = 0;
+  size_t next = 0;
+};
+
+// The split-KV schedule of args (dense or sparse mode), computed once and attached to every
+// argument set.
+void attach_schedule(DecodeRun& r, const MlaDecodeShape& shape, const MlaMetadataArgs& base) {
+  const Context ctx = context();
+  const int parts = mla_num_sm_parts(shape, ctx);
+  r.meta.assign(static_cast<size_t>(parts) * 8, 0);
+  r.splits.assign(static_cast<size_t>(shape.batch) + 1, 0);
+  MlaMetadataArgs m = base;
+  m.num_sm_parts = parts;
+  m.tile_scheduler_metadata = TensorView::contiguous(r.meta.data(), DType::int32, {parts, 8});
+  m.num_splits = TensorView::contiguous(r.splits.data(), DType::int32, {shape.batch + 1});
+  get_mla_metadata(m);
+  for (MlaDecodeArgs& a : r.args) {
+    a.tile_scheduler_metadata = m.tile_scheduler_metadata;
+    a.num_splits = m.num_splits;
+  }
+}
+
+// Dense decode.
+std::unique_ptr<DecodeRun> make_dense_run(const testing::DenseDecodeCase& c) {
+  auto r = std::make_unique<DecodeRun>();
+  testing::DenseDecodeData d = testing::make_dense_decode_data(c);
+  // FlashMLA's counting (reference §7.1).
+  const double total_len = std::accumulate(d.seqlens.begin(), d.seqlens.end(), 0.0);
+  const double d_qk = 576, d_v = 512, elem = dtype_size(c.dtype);
+  r->flops = 2.0 * c.num_heads_q * c.q_len * total_len * (d_qk + d_v);
+  r->bytes = (total_len * c.num_heads_kv * d_qk +
+              double(c.batch) * c.q_len * c.num_heads_q * (d_qk + d_v)) * elem;
+  const double copy_bytes = tensor_bytes(d.q) + tensor_bytes(d.k_cache) +
+                            tensor_bytes(d.block_table) + tensor_bytes(d.out) + tensor_bytes(d.lse);
+  make_copies(r->dense, std::move(d), rotation_copies(r->bytes, copy_bytes));
+  for (const auto& s : r->dense) r->args.push_back(s.args());
+  attach_schedule(*r,
+                  {.batch = c.batch, .q_len = c.q_len, .num_heads_q = c.num_heads_q,
+                   .num_heads_kv = c.num_heads_kv},
+                  {.cache_seqlens = r->args[0].cache_seqlens});
+  flash_mla_with_kvcache(r->args[0], context());  // warm-up: scratch, page faults of outputs
+  return r;
+}
+
+// Sparse decode.
+std::unique_ptr<DecodeRun> make_sparse_run(const testing::SparseDecodeCase& c) {
+  auto r = std::make_unique<DecodeRun>();
+  testing::SparseDecodeData d = testing::make_sparse_decode_data(c);
+  const MlaDecodeArgs a = d.args();
+  // FlashMLA's counting (reference §7.2): attended tokens and distinct referenced slots.
+  double attended = 0, unique = 0;
+  auto count = [&](const TensorView& idx, const TensorView& len, int64_t slots) {
+    if (!idx.defined()) return;
+    std::vector<bool> used(static_cast<size_t>(slots), false);
+    for (int64_t i = 0; i < c.batch; ++i) {
+      const int64_t cols = len.defined() ? len.ptr<const int32_t>()[i] : idx.size(2);
+      for (int64_t s = 0; s < c.q_len; ++s) {
+        const int32_t* row = idx.ptr<const int32_t>() + i * idx.stride(0) + s * idx.stride(1);
+        for (int64_t col = 0; col < cols; ++col) {
+          if (row[col] == -1) continue;
+          attended += 1;
+          if (!used[row[col]]) unique += 1, used[row[col]] = true;
+        }
+      }
+    }
+  };
+  count(a.indices, a.topk_length, a.k_cache.size(0) * a.k_cache.size(1));
+  count(a.extra_indices_in_kvcache, a.extra_topk_length,
+        a.extra_k_cache.defined() ? a.extra_k_cache.size(0) * a.extra_k_cache.size(1) : 0);
+  const double d_v = 512, bpt = c.fp8 ? (c.d_qk == 576 ? 656 : 584) : 2.0 * c.d_qk;
+  r->flops = 2.0 * c.num_heads_q * attended * (c.d_qk + d_v);
+  r->bytes = unique * bpt + 2.0 * c.batch * c.q_len * c.num_heads_q * (c.d_qk + d_v);
+  const double copy_bytes = tensor_bytes(d.q) + tensor_bytes(d.k_cache) +
+                            tensor_bytes(d.indices) + tensor_bytes(d.extra_k_cache) +
+                            tensor_bytes(d.extra_indices) + tensor_bytes(d.out) +
+                            tensor_bytes(d.lse);
+  make_copies(r->sparse, std::move(d), rotation_copies(r->bytes, copy_bytes));
+  for (const auto& s : r->sparse) r->args.push_back(s.args());
+  attach_schedule(*r, {.batch = c.batch, .q_len = c.q_len, .num_heads_q = c.num_heads_q},
+                  {.batch = c.batch,
+                   .topk = a.indices.size(2),
+                   .topk_length = a.topk_length,
+                   .extra_topk = a.extra_indices_in_kvcache.defined()
+                                     ? a.extra_indices_in_kvcache.size(2) : 0,
+                   .extra_topk_length = a.extra_topk_length});
+  flash_mla_with_kvcache(r->args[0], context());
+  return r;
+}
+
+void run_decode(benchmark::State& st, DecodeRun& r) {
+  const Context ctx = context();
+  for (auto _ : st) {
+    flash_mla_with_kvcache(r.args[r.next], ctx);
+    r.next = (r.next + 1) % r.args.size();
+  }
+  report(st, r.flops, r.bytes, static_cast<int>(r.args.size()));
+}
+
+// ---- sparse prefill ----
+
+struct PrefillRun : CaseData {
+  std::vector<testing::SparsePrefillData> sets;
+  std::vector<SparsePrefillArgs> args;
+  double flops = 0, bytes = 0;
+  size_t next = 0;
+};
+
+std::unique_ptr<PrefillRun> make_prefill_run(const testing::SparsePrefillCase& c) {
+  auto r = std::make_unique<PrefillRun>();
+  testing::SparsePrefillData d = testing::make_sparse_prefill_data(c);
+  // FlashMLA's counting (reference §7.2): T valid (query, key) pairs, N distinct valid rows.
+  double pairs = 0;
+  std::vector<bool> used(static_cast<size_t>(c.kv_len), false);
+  for (int64_t s = 0; s < c.q_len; ++s) {
+    const int64_t cols = d.topk_length.view().defined() ? d.topk_length.i32({s}) : c.topk;
+    for (int64_t col = 0; col < cols; ++col) {
+      const int32_t t = d.indices.i32({s, 0, col});
+      if (t >= 0 && t < c.kv_len) pairs += 1, used[t] = true;
+    }
+  }
+  const double n_valid = static_cast<double>(std::count(used.begin(), used.end(), true));
+  const double d_v = 512;
+  r->flops = 2.0 * pairs * c.num_heads_q * (c.d_qk + d_v);
+  r->bytes = n_valid * c.d_qk * 2 + double(c.q_len) * c.num_heads_q * (c.d_qk + d_v) * 2;
+  const double copy_bytes = tensor_bytes(d.q) + tensor_bytes(d.kv) + tensor_bytes(d.indices) +
+                            tensor_bytes(d.out) + 2 * tensor_bytes(d.lse);
+  make_copies(r->sets, std::move(d), rotation_copies(r->bytes, copy_bytes));
+  for (const auto& s : r->sets) r->args.push_back(s.args());
+  flash_mla_sparse_fwd(r->args[0], context());
+  return r;
+}
+
+// ---- dense MHA prefill ----
+
+struct MhaRun : CaseData {
+  std::vector<testing::MhaData> sets;
+  std::vector<MhaBwdArgs> args;  // .fwd: the forward's arguments
+  double fwd_flops = 0, fwd_bytes = 0, bwd_flops = 0, bwd_bytes = 0;
+  size_t next = 0;
+};
+
+std::unique_ptr<MhaRun> make_mha_run(const testing::MhaCase& c) {
+  auto r = std::make_unique<MhaRun>();
+  testing::MhaData d = testing::make_mha_data(c);
+  // FlashMLA's counting (reference §7.2): A unmasked (q, k) pairs; forward A·h·2·(d + dv),
+  // backward A·h·2·(3d + 2dv). Bytes: q, k, v and out once (forward), plus dout, dq, dk, dv.
+  double pairs = 0;
+  for (int64_t i = 0; i < c.batch; ++i) {
+    const int64_t s_q = d.q_lens[i], s_k = d.kv_lens[i];
+    for (int64_t row = 0; row < s_q; ++row) {
+      pairs += c.causal ? std::clamp<int64_t>(row + 1 + s_k - s_q, 0, s_k) : s_k;
+    }
+  }
+  const double h = c.num_heads_q, hk = c.num_heads_kv, dq = c.d_qk, dv = c.d_v;
+  const double tq = d.total_q(), tk = d.total_kv();
+  r->fwd_flops = pairs * h * 2 * (dq + dv);
+  r->bwd_flops = pairs * h * 2 * (3 * dq + 2 * dv);
+  r->fwd_bytes = 2 * (tq * h * (dq + dv) + tk * hk * (dq + dv));
+  r->bwd_bytes = 2 * r->fwd_bytes + 2 * tq * h * dv;
+  // The backward reads the forward's out and lse: run the forward before copying.
+  flash_attn_varlen_fwd(d.fwd_args(), context());
+  const double copy_bytes = tensor_bytes(d.q) + tensor_bytes(d.k) + tensor_bytes(d.v) +
+                            tensor_bytes(d.dout) + tensor_bytes(d.out) +
+                            tensor_bytes(d.lse_storage) + tensor_bytes(d.dq) +
+                            tensor_bytes(d.dk) + tensor_bytes(d.dv);
+  make_copies(r->sets, std::move(d), rotation_copies(r->fwd_bytes, copy_bytes));
+  for (const auto& s : r->sets) r->args.push_back(s.bwd_args());
+  flash_attn_varlen_bwd(r->args[0], context());
+  return r;
+}
+
+}  // namespace
+
+void add_dense_decode(const std::string& name, const testing::DenseDecodeCase& c) {
+  const std::string key = "dense_decode." + name;
+  add(key, [key, c](benchmark::State& st) {
+    guarded(st, [&] {
+      run_decode(st, cached_as<DecodeRun>(key, [&] { return make_dense_run(c); }));
+    });
+  });
+}
+
+void add_sparse_decode(const std::string& name, const testing::SparseDecodeCase& c) {
+  const std::string key = "sparse_decode." + name;
+  add(key, [key, c](benchmark::State& st) {
+    guarded(st, [&] {
+      run_decode(st, cached_as<DecodeRun>(key, [&] { return make_sparse_run(c); }));
+    });
+  });
+}
+
+void add_sparse_prefill(const std::string& name, const testing::SparsePrefillCase& c) {
+  const std::string key = "sparse_prefill." + name;
+  add(key, [key, c](benchmark::State& st) {
+    guarded(st, [&] {
+      auto& r = cached_as<PrefillRun>(key, [&] { return make_prefill_run(c); });
+      const Context ctx = context();
+      for (auto _ : st) {
+        flash_mla_sparse_fwd(r.args[r.next], ctx);
+        r.next = (r.next + 1) % r.args.size();
+      }
+      report(st, r.flops, r.bytes, static_cast<int>(r.args.size()));
+    });
+  });
+}
+
+void add_mha(const std::string& name, const testing::MhaCase& c) {
+  const std::string key = "mha." + name;  // forward and backward share the data
+  add("mha_fwd." + name, [key, c](benchmark::State& st) {
+    guarded(st, [&] {
+      auto& r = cached_as<MhaRun>(key, [&] { return make_mha_run(c); });
+      const Context ctx = context();
+      for (auto _ : st) {
+        flash_attn_varlen_fwd(r.args[r.next].fwd, ctx);
+        r.next = (r.next + 1) % r.args.size();
+      }
+      report(st, r.fwd_flops, r.fwd_bytes, static_cast<int>(r.args.size()));
+    });
+  });
+  add("mha_bwd." + name, [key, c](benchmark::State& st) {
+    guarded(st, [&] {
+      auto& r = cached_as<MhaRun>(key, [&] { return make_mha_run(c); });
+      const Context ctx = context();
+      for (auto _ : st) {
+        flash_attn_varlen_bwd(r.args[r.next], ctx);
+        r.next = (r.next + 1) % r.args.size();
+      }
+      report(st, r.bwd_flops, r.bwd_bytes, static_cast<int>(r.args.size()));
+    });
+  });
+}
+
+}  // namespace flashmla::bench
