@@ -6,6 +6,7 @@
 
 #include "cpu/common/kv_codec.h"
 #include "cpu/common/microkernel.h"
+#include "cpu/common/online_softmax.h"
 #include "flashmla/context.h"
 
 namespace flashmla::cpu {
@@ -63,6 +64,10 @@ const AttnMicrokernel& active_microkernel() {
 
 DequantizeKvTokenFn active_kv_dequantizer() {
   return active_isa() >= Isa::avx512 ? &dequantize_kv_token_avx512 : &dequantize_kv_token;
+}
+
+SoftmaxUpdateFn active_softmax_update() {
+  return active_isa() >= Isa::avx512 ? &online_softmax_update_avx512 : &online_softmax_update;
 }
 
 }  // namespace flashmla::cpu

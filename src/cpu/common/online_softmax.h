@@ -36,4 +36,15 @@ inline void online_softmax_update(float* scores, int visible, float& m, float& l
   m = m_new;
 }
 
+// The same with AVX-512 (softmax_avx512.cpp): a vectorised exp2 within 2 ulp of libm's and the
+// sum in another order; NaN and -inf behave as above. Only where the CPU has AVX-512F/BW/VL/DQ.
+void online_softmax_update_avx512(float* scores, int visible, float& m, float& l, float* o,
+                                  int d_v);
+
+// The update the drivers use in this process (isa.cpp): the AVX-512 one where the run-time ISA
+// choice allows it, else the portable one above.
+using SoftmaxUpdateFn = void (*)(float* scores, int visible, float& m, float& l, float* o,
+                                 int d_v);
+SoftmaxUpdateFn active_softmax_update();
+
 }  // namespace flashmla::cpu

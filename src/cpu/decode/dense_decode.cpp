@@ -110,9 +110,8 @@ class DenseDecodeDriver {
           const int64_t last = seqlen - p_.q_len + token_of(pc, i);  // last visible position
           visible = std::clamp<int64_t>(last - t0 + 1, 0, n);
         }
-        online_softmax_update(sc.s.data() + static_cast<size_t>(i) * kKvTile,
-                              static_cast<int>(visible), sc.m[i], sc.l[i],
-                              sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
+        softmax_(sc.s.data() + static_cast<size_t>(i) * kKvTile, static_cast<int>(visible),
+                 sc.m[i], sc.l[i], sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
       }
       mk_.pv(sc.s.data(), m, n, sc.v.data(), d_v, sc.o.data());
     }
@@ -139,6 +138,7 @@ class DenseDecodeDriver {
   const core::DenseDecodeParams& p_;
   const AttnMicrokernel& mk_;
   const DequantizeKvTokenFn dequant_ = active_kv_dequantizer();  // FP8 tiles
+  const SoftmaxUpdateFn softmax_ = active_softmax_update();
   const int64_t hpk_;
   const size_t elem_;     // bytes per element of q and out
   const size_t kv_elem_;  // bytes per element of k_cache

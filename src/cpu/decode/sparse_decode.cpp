@@ -111,8 +111,8 @@ class SparseDecodeDriver {
       mk_.pack_kv(sc.tokens.data(), n, DType::bf16, d_qk, d_v, sc.k.data(), sc.v.data());
       mk_.qk(sc.q.data(), nh, sc.k.data(), d_qk, p_.scale_log2, sc.s.data());
       for (int i = 0; i < nh; ++i) {
-        online_softmax_update(sc.s.data() + static_cast<size_t>(i) * kKvTile, n, sc.m[i],
-                              sc.l[i], sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
+        softmax_(sc.s.data() + static_cast<size_t>(i) * kKvTile, n, sc.m[i], sc.l[i],
+                 sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
       }
       mk_.pv(sc.s.data(), nh, n, sc.v.data(), d_v, sc.o.data());
     }
@@ -142,6 +142,7 @@ class SparseDecodeDriver {
   const core::SparseDecodeParams& p_;
   const AttnMicrokernel& mk_;
   const DequantizeKvTokenFn dequant_ = active_kv_dequantizer();
+  const SoftmaxUpdateFn softmax_ = active_softmax_update();
 };
 
 }  // namespace

@@ -25,6 +25,7 @@ void fwd_task(const core::MhaParams& p, const AttnMicrokernel& mk, const SeqTile
   const int64_t hk = h / p.group();
   const int64_t q0 = p.q_start[tile.seq] + tile.start, kv0 = p.kv_start[tile.seq];
   const Window win(p, tile.seq);
+  const SoftmaxUpdateFn softmax = active_softmax_update();
 
   gather(p.q + h * p.q_stride[1], q0, m, p.q_stride[0], sc.rows);
   mk.pack_q(sc.rows.data(), m, DType::bf16, d_qk, sc.q.data());
@@ -41,9 +42,8 @@ void fwd_task(const core::MhaParams& p, const AttnMicrokernel& mk, const SeqTile
     mk.pack_v(sc.tokens.data(), n, DType::bf16, d_v, sc.v.data());
     mk.qk(sc.q.data(), m, sc.k.data(), d_qk, p.scale_log2, sc.s.data());
     for (int i = 0; i < m; ++i) {
-      online_softmax_update(sc.s.data() + static_cast<size_t>(i) * kKvTile,
-                            win.visible(tile.start + i, j0, n), sc.m[i], sc.l[i],
-                            sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
+      softmax(sc.s.data() + static_cast<size_t>(i) * kKvTile, win.visible(tile.start + i, j0, n),
+              sc.m[i], sc.l[i], sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
     }
     mk.pv(sc.s.data(), m, n, sc.v.data(), d_v, sc.o.data());
   }

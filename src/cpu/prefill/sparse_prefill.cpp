@@ -26,6 +26,7 @@ constexpr int kMaxRowTile = 128;  // heads processed against one gathered KV til
 void run_task(const core::SparsePrefillParams& p, const AttnMicrokernel& mk, int64_t tok,
               int64_t h0, int nh, AttnScratch& sc) {
   const int d_qk = static_cast<int>(p.d_qk), d_v = static_cast<int>(p.d_v);
+  const SoftmaxUpdateFn softmax = active_softmax_update();
   for (int i = 0; i < nh; ++i) sc.rows[i] = p.q + tok * p.q_stride[0] + (h0 + i) * p.q_stride[1];
   mk.pack_q(sc.rows.data(), nh, DType::bf16, d_qk, sc.q.data());
   std::fill(sc.m.begin(), sc.m.begin() + nh, -kInf);
@@ -44,8 +45,8 @@ void run_task(const core::SparsePrefillParams& p, const AttnMicrokernel& mk, int
     mk.pack_kv(sc.tokens.data(), n, DType::bf16, d_qk, d_v, sc.k.data(), sc.v.data());
     mk.qk(sc.q.data(), nh, sc.k.data(), d_qk, p.scale_log2, sc.s.data());
     for (int i = 0; i < nh; ++i) {
-      online_softmax_update(sc.s.data() + static_cast<size_t>(i) * kKvTile, n, sc.m[i], sc.l[i],
-                            sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
+      softmax(sc.s.data() + static_cast<size_t>(i) * kKvTile, n, sc.m[i], sc.l[i],
+              sc.o.data() + static_cast<size_t>(i) * d_v, d_v);
     }
     mk.pv(sc.s.data(), nh, n, sc.v.data(), d_v, sc.o.data());
   }
