@@ -12,7 +12,7 @@ namespace flashmla::cpu {
 namespace {
 
 TEST(Isa, NamesRoundTrip) {
-  for (Isa isa : {Isa::portable, Isa::avx512}) EXPECT_EQ(isa_from_name(isa_name(isa)), isa);
+  for (Isa isa : {Isa::portable, Isa::avx512, Isa::avx512bf16}) EXPECT_EQ(isa_from_name(isa_name(isa)), isa);
   EXPECT_FALSE(isa_from_name("avx1024").has_value());
   EXPECT_FALSE(isa_from_name("").has_value());
 }
@@ -20,7 +20,8 @@ TEST(Isa, NamesRoundTrip) {
 TEST(Isa, DetectionMatchesCpuid) {
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  EXPECT_EQ(detected_isa(), avx512 ? Isa::avx512 : Isa::portable);
+  const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+  EXPECT_EQ(detected_isa(), bf16 ? Isa::avx512bf16 : avx512 ? Isa::avx512 : Isa::portable);
 }
 
 // The active level is the detected one capped by FLASHMLA_ISA (ctest runs this suite with and
@@ -33,7 +34,15 @@ TEST(Isa, ActiveIsDetectedCappedByEnvironment) {
   }
   EXPECT_EQ(active_isa(), want);
   EXPECT_EQ(std::string(active_microkernel().name), isa_name(want));
+  EXPECT_EQ(std::string(active_microkernel(DType::bf16).name), isa_name(want));
   EXPECT_EQ(std::string(cpu_microkernel_name()), isa_name(want));
+}
+
+// fp16 operands never go through bf16 products (they would lose mantissa bits).
+TEST(Isa, Fp16OperandsKeepFp32Products) {
+  const std::string name = active_microkernel(DType::fp16).name;
+  EXPECT_NE(name, "avx512bf16");
+  EXPECT_EQ(name, active_isa() >= Isa::avx512 ? "avx512" : "portable");
 }
 
 }  // namespace

@@ -1,9 +1,14 @@
-// Every AttnMicrokernel available on this machine (portable everywhere, AVX-512 where CPUID has
-// it) against plain double-precision products on random data: packing of bf16 / fp16 / fp32
-// rows and tokens, qk (with its scale), pv and pt (accumulating with +=), the zero-filled
-// token slots n..kKvTile-1, exact conversion of every 16-bit pattern, and the p == 0 rule that
-// keeps a non-finite value with probability 0 out of the output. The packed layouts are private
-// to each microkernel, so packing is only observed through the products.
+// Every AttnMicrokernel available on this machine (portable everywhere, AVX-512 and AVX512-BF16
+// where CPUID has them) against plain double-precision products on random data: packing of
+// bf16 / fp16 / fp32 rows and tokens, qk (with its scale), pv and pt (accumulating with +=), the
+// zero-filled token slots n..kKvTile-1, exact conversion of every 16-bit pattern, and the p == 0
+// rule that keeps a non-finite value with probability 0 out of the output. The packed layouts
+// are private to each microkernel, so packing is only observed through the products.
+//
+// Error model. The fp32 kernels multiply the given values; the bf16 kernel multiplies them
+// rounded to bf16 (and P rounded to bf16 in pv / pt), exactly, so its double reference is
+// computed on the rounded values (`op` below). Both accumulate in fp32, so the tolerance is the
+// same fp32 accumulation bound (terms + 4) * 2^-24 * sum |terms| for every kernel.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -34,6 +39,16 @@ bool has_avx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+bool has_avx512bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+
+// x as the bf16 kernel uses it: rounded to bf16 (nearest even); subnormal fp32 / bf16 values are
+// treated as signed zero (VCVTNEPS2BF16 and VDPBF16PS flush subnormal inputs; a normal fp32
+// value never rounds to a subnormal bf16).
+float round_bf16(float x) {
+  if (std::fpclassify(x) == FP_SUBNORMAL) return std::copysign(0.0f, x);
+  return bf16_to_float(float_to_bf16(x));
 }
 
 const char* dtype_str(DType dt) {
@@ -146,7 +161,7 @@ std::vector<float> make_p(std::mt19937& rng, int m, int n, float beyond) {
 
 constexpr int kMs[] = {1, 3, 4, 5, 64, 128};
 constexpr int kNs[] = {1, 17, 63, 64};
-constexpr int kDs[] = {8, 24, 72, 128, 192, 256, 512, 576};
+constexpr int kDs[] = {8, 24, 33, 72, 128, 192, 256, 512, 576};  // 33: odd, unaligned
 constexpr DType kTypes[] = {DType::bf16, DType::fp16, DType::fp32};
 
 class Microkernel : public ::testing::TestWithParam<std::string> {
@@ -155,9 +170,20 @@ class Microkernel : public ::testing::TestWithParam<std::string> {
     if (GetParam() == "avx512") {
       if (!has_avx512()) GTEST_SKIP() << "no AVX-512F/BW/VL/DQ on this CPU";
       mk_ = &avx512_microkernel();
+    } else if (GetParam() == "avx512bf16") {
+      if (!has_avx512bf16()) GTEST_SKIP() << "no AVX-512F/BW/VL/DQ + AVX512_BF16 on this CPU";
+      mk_ = &avx512bf16_microkernel();
+      bf16_ = true;
     } else {
       mk_ = &portable_microkernel();
     }
+  }
+
+  // An operand or probability as the kernel multiplies it (exactly).
+  float op(float x) const { return bf16_ ? round_bf16(x) : x; }
+  std::vector<float> ops(std::vector<float> v) const {
+    for (float& x : v) x = op(x);
+    return v;
   }
 
   // qk over packed q (m x d) and a packed K tile of n tokens, checked against double.
@@ -167,6 +193,7 @@ class Microkernel : public ::testing::TestWithParam<std::string> {
     std::fill(s.end() - kGuard, s.end(), kCanary);
     mk_->qk(pq, m, pk, d, scale, s.data());
     expect_guard(ck, s);
+    const std::vector<float> qv = ops(q.val), kv = ops(k.val);
     for (int i = 0; i < m; ++i) {
       for (int j = 0; j < kKvTile; ++j) {
         const float got = s[static_cast<size_t>(i) * kKvTile + j];
@@ -176,7 +203,8 @@ class Microkernel : public ::testing::TestWithParam<std::string> {
         }
         double ref = 0, mag = 0;
         for (int c = 0; c < d; ++c) {
-          const double t = static_cast<double>(q.at(i, c)) * k.at(j, c);
+          const double t = static_cast<double>(qv[static_cast<size_t>(i) * d + c]) *
+                           kv[static_cast<size_t>(j) * d + c];
           ref += t;
           mag += std::fabs(t);
         }
@@ -192,6 +220,7 @@ class Microkernel : public ::testing::TestWithParam<std::string> {
     std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
     std::vector<float> o0(static_cast<size_t>(m) * d);
     for (float& x : o0) x = uni(rng);
+    const std::vector<float> vv = ops(v.val);
     for (const bool full : {false, true}) {
       const std::vector<float> p = make_p(rng, m, n, full ? 0.5f : kNaN);
       std::vector<float> o = o0;
@@ -205,8 +234,8 @@ class Microkernel : public ::testing::TestWithParam<std::string> {
           mag[c] = std::fabs(ref[c]);
         }
         for (int j = 0; j < n; ++j) {
-          const double pij = p[static_cast<size_t>(i) * kKvTile + j];
-          const float* vj = &v.val[static_cast<size_t>(j) * d];
+          const double pij = op(p[static_cast<size_t>(i) * kKvTile + j]);
+          const float* vj = &vv[static_cast<size_t>(j) * d];
           for (int c = 0; c < d; ++c) {
             ref[c] += pij * vj[c];
             mag[c] += std::fabs(pij * vj[c]);
@@ -220,6 +249,7 @@ class Microkernel : public ::testing::TestWithParam<std::string> {
   }
 
   const AttnMicrokernel* mk_ = nullptr;
+  bool bf16_ = false;  // the kernel rounds operands and probabilities to bf16
 };
 
 TEST_P(Microkernel, QkMatchesDouble) {
@@ -269,6 +299,7 @@ TEST_P(Microkernel, PtMatchesDouble) {
   for (const DType dt : kTypes) {
     for (const int d : kDs) {
       const Rows rows = make_rows(rng, dt, 128, d);
+      const std::vector<float> rv = ops(rows.val);
       for (const int m : kMs) {
         Buffer pr(mk_->packed_rows_bytes(m, d), rng);
         mk_->pack_rows(rows.ptr.data(), m, dt, d, pr.p);
@@ -296,8 +327,8 @@ TEST_P(Microkernel, PtMatchesDouble) {
               mag[c] = std::fabs(ref[c]);
             }
             for (int i = 0; i < m; ++i) {
-              const double pij = p[static_cast<size_t>(i) * kKvTile + j];
-              const float* ri = &rows.val[static_cast<size_t>(i) * d];
+              const double pij = op(p[static_cast<size_t>(i) * kKvTile + j]);
+              const float* ri = &rv[static_cast<size_t>(i) * d];
               for (int c = 0; c < d; ++c) {
                 ref[c] += pij * ri[c];
                 mag[c] += std::fabs(pij * ri[c]);
@@ -344,6 +375,8 @@ TEST_P(Microkernel, PackKvMatchesDouble) {
 // Every 16-bit pattern (every fp32 sample for fp32) goes through each packing function
 // unchanged: identity operands make the products return the packed values exactly. qk and the
 // pt fast path see only finite values (0 * inf would be NaN); pv sees all of them.
+// The bf16 kernel packs bf16 patterns unchanged except subnormals, which VDPBF16PS reads as
+// zero (so they come out as +-0), and rounds fp16 patterns to bf16 (`op`), NaN staying NaN.
 TEST_P(Microkernel, ConversionIsExact) {
   std::mt19937 rng(5);
   constexpr int kT = kKvTile;  // tiles of 64 x 64 values
@@ -373,7 +406,7 @@ TEST_P(Microkernel, ConversionIsExact) {
       std::vector<float> o(kT * kT, 0.0f);
       mk_->pv(p_eye.data(), kT, kT, pv.p, kT, o.data());
       for (int i = 0; i < kT; ++i) {
-        for (int c = 0; c < kT; ++c) ck.same(o[i * kT + c], x.at(i, c), i, c);
+        for (int c = 0; c < kT; ++c) ck.same(o[i * kT + c], op(x.at(i, c)), i, c);
       }
     }
     for (size_t base = 0; base < finite.size(); base += kT * kT) {
@@ -387,14 +420,14 @@ TEST_P(Microkernel, ConversionIsExact) {
       std::vector<float> s(kT * kT);
       mk_->qk(pq.p, kT, pk.p, kT, 1.0f, s.data());
       for (int i = 0; i < kT; ++i) {
-        for (int j = 0; j < kT; ++j) ck.same(s[i * kT + j], x.at(i, j), i, j);
+        for (int j = 0; j < kT; ++j) ck.same(s[i * kT + j], op(x.at(i, j)), i, j);
       }
       // pack_k -> qk with Q = I: s_ij = k_j[i].
       mk_->pack_q(ident.ptr.data(), kT, DType::fp32, kT, pq.p);
       mk_->pack_k(x.ptr.data(), kT, dt, kT, pk.p);
       mk_->qk(pq.p, kT, pk.p, kT, 1.0f, s.data());
       for (int i = 0; i < kT; ++i) {
-        for (int j = 0; j < kT; ++j) ck.same(s[i * kT + j], x.at(j, i), i, j);
+        for (int j = 0; j < kT; ++j) ck.same(s[i * kT + j], op(x.at(j, i)), i, j);
       }
       // pack_kv's K through qk and its V through pv, and pack_rows -> pt with P = I.
       Buffer pv(mk_->packed_v_bytes(kT), rng), pr(mk_->packed_rows_bytes(kT, kT), rng);
@@ -407,9 +440,9 @@ TEST_P(Microkernel, ConversionIsExact) {
       mk_->pt(p_eye.data(), kT, pr.p, kT, acc.data());
       for (int i = 0; i < kT; ++i) {
         for (int j = 0; j < kT; ++j) {
-          ck.same(s[i * kT + j], x.at(j, i), i, j);
-          ck.same(o[i * kT + j], x.at(i, j), i, j);
-          ck.same(acc[i * kT + j], x.at(i, j), i, j);
+          ck.same(s[i * kT + j], op(x.at(j, i)), i, j);
+          ck.same(o[i * kT + j], op(x.at(i, j)), i, j);
+          ck.same(acc[i * kT + j], op(x.at(i, j)), i, j);
         }
       }
     }
@@ -451,10 +484,10 @@ TEST_P(Microkernel, ZeroProbabilityKeepsNonFiniteOut) {
           }
           double ref = 1.0, mag = 1.0;
           for (int j = 0; j < n; ++j) {
-            const float pij = p[i * kKvTile + j];
+            const float pij = op(p[i * kKvTile + j]);
             if (pij == 0.0f) continue;
-            ref += static_cast<double>(pij) * v.at(j, c);
-            mag += std::fabs(static_cast<double>(pij) * v.at(j, c));
+            ref += static_cast<double>(pij) * op(v.at(j, c));
+            mag += std::fabs(static_cast<double>(pij) * op(v.at(j, c)));
           }
           ck.close(got, ref, (n + 4) * kU * mag, i, c);
         }
@@ -483,10 +516,10 @@ TEST_P(Microkernel, ZeroProbabilityKeepsNonFiniteOut) {
           }
           double ref = -1.0, mag = 1.0;
           for (int i = 0; i < mr; ++i) {
-            const float pij = pp[i * kKvTile + j];
+            const float pij = op(pp[i * kKvTile + j]);
             if (pij == 0.0f) continue;
-            ref += static_cast<double>(pij) * r2.at(i, c);
-            mag += std::fabs(static_cast<double>(pij) * r2.at(i, c));
+            ref += static_cast<double>(pij) * op(r2.at(i, c));
+            mag += std::fabs(static_cast<double>(pij) * op(r2.at(i, c)));
           }
           ct.close(got, ref, (mr + 4) * kU * mag, j, c);
         }
@@ -496,7 +529,7 @@ TEST_P(Microkernel, ZeroProbabilityKeepsNonFiniteOut) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(All, Microkernel, ::testing::Values("portable", "avx512"),
+INSTANTIATE_TEST_SUITE_P(All, Microkernel, ::testing::Values("portable", "avx512", "avx512bf16"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });
@@ -504,6 +537,7 @@ INSTANTIATE_TEST_SUITE_P(All, Microkernel, ::testing::Values("portable", "avx512
 TEST(MicrokernelTable, Names) {
   EXPECT_STREQ(portable_microkernel().name, "portable");
   EXPECT_STREQ(avx512_microkernel().name, "avx512");  // the table itself is safe to read anywhere
+  EXPECT_STREQ(avx512bf16_microkernel().name, "avx512bf16");
 }
 
 }  // namespace

@@ -14,12 +14,13 @@ namespace flashmla::cpu {
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::avx512: return "avx512";
+    case Isa::avx512bf16: return "avx512bf16";
     default: return "portable";
   }
 }
 
 std::optional<Isa> isa_from_name(std::string_view name) {
-  for (Isa isa : {Isa::portable, Isa::avx512}) {
+  for (Isa isa : {Isa::portable, Isa::avx512, Isa::avx512bf16}) {
     if (name == isa_name(isa)) return isa;
   }
   return std::nullopt;
@@ -30,7 +31,7 @@ Isa detected_isa() {
   // libgcc's CPUID probe also checks (XGETBV) that the OS saves the AVX-512 register state.
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    return Isa::avx512;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::avx512bf16 : Isa::avx512;
   }
 #endif
   return Isa::portable;
@@ -45,8 +46,8 @@ Isa active_isa() {
       if (std::optional<Isa> cap = isa_from_name(env)) {
         chosen = *cap < best ? *cap : best;
       } else {
-        std::fprintf(stderr, "flashmla: ignoring FLASHMLA_ISA=%s (expected portable, avx512 or "
-                             "native)\n", env);
+        std::fprintf(stderr, "flashmla: ignoring FLASHMLA_ISA=%s (expected portable, avx512, "
+                             "avx512bf16 or native)\n", env);
       }
     }
     if (const char* log = std::getenv("FLASHMLA_LOG"); log && std::string_view(log) == "debug") {
@@ -58,8 +59,15 @@ Isa active_isa() {
   return isa;
 }
 
-const AttnMicrokernel& active_microkernel() {
-  return active_isa() == Isa::avx512 ? avx512_microkernel() : portable_microkernel();
+const AttnMicrokernel& active_microkernel(DType operands) {
+  switch (active_isa()) {
+    case Isa::avx512bf16:
+      // fp16 operands rounded to bf16 would lose 3 of their 10 mantissa bits: they keep the
+      // fp32 products (this CPU has no AVX512-FP16).
+      return operands == DType::fp16 ? avx512_microkernel() : avx512bf16_microkernel();
+    case Isa::avx512: return avx512_microkernel();
+    default: return portable_microkernel();
+  }
 }
 
 DequantizeKvTokenFn active_kv_dequantizer() {

@@ -8,7 +8,11 @@
 namespace flashmla::cpu {
 
 // In increasing order of capability; a cap admits every level up to it.
-enum class Isa { portable, avx512 };
+enum class Isa {
+  portable,    // plain C++ for the baseline x86-64 (or any other CPU)
+  avx512,      // AVX-512 F/BW/VL/DQ: fp32 products
+  avx512bf16,  // + AVX512-BF16: bf16 products (vdpbf16ps), fp32 accumulation
+};
 
 const char* isa_name(Isa isa);
 std::optional<Isa> isa_from_name(std::string_view name);

@@ -50,9 +50,12 @@ struct AttnMicrokernel {
 const AttnMicrokernel& portable_microkernel();
 // AVX-512 (F/BW/VL/DQ) fp32 microkernel, register-blocked. Call only where the CPU has it.
 const AttnMicrokernel& avx512_microkernel();
+// AVX512-BF16 microkernel: bf16 operands and P, fp32 accumulation. Also needs AVX512_BF16.
+const AttnMicrokernel& avx512bf16_microkernel();
 
-// The microkernel of this process (src/cpu/common/isa.cpp): chosen once from CPUID, capped by
-// FLASHMLA_ISA. Every driver uses it.
-const AttnMicrokernel& active_microkernel();
+// The microkernel of this process for operands of `operands` (bf16, or FP8 dequantised to bf16;
+// fp16): chosen from the ISA level picked once from CPUID and capped by FLASHMLA_ISA
+// (src/cpu/common/isa.cpp). Every driver uses it.
+const AttnMicrokernel& active_microkernel(DType operands = DType::bf16);
 
 }  // namespace flashmla::cpu

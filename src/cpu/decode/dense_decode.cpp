@@ -147,7 +147,7 @@ class DenseDecodeDriver {
 }  // namespace
 
 void run_dense_decode(const core::DenseDecodeParams& p) {
-  const AttnMicrokernel& mk = active_microkernel();
+  const AttnMicrokernel& mk = active_microkernel(p.dtype);  // q's dtype (fp16: fp32 products)
   const DenseDecodeDriver driver(p, mk);
 #pragma omp parallel num_threads(p.num_threads)
   {
