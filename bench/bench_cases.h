@@ -25,5 +25,8 @@ void add_mha(const std::string& name, const testing::MhaCase& c);
 // streaming read of a buffer much larger than the LLC) and peak.matrix_qk_m<m>_d<d> (the
 // active microkernel's qk on L1-resident packed operands, every thread).
 void add_peaks();
+// peak.insn_*: the instruction peak of the products' arithmetic (register-resident FMA /
+// VDPBF16PS loops, bench_insn_peaks.cpp), where the process's ISA level has the instruction.
+void add_insn_peaks();
 
 }  // namespace flashmla::bench

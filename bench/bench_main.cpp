@@ -31,6 +31,7 @@ using testing::SparsePrefillCase;
 
 void register_cases() {
   add_peaks();
+  add_insn_peaks();
 
   // DeepSeek-V3 dense decode: h_kv 1, d_qk 576 / d_v 512, page 64, bf16, every request of the
   // given length; s_q 2 = one MTP token (causal). h_q 128 (whole model) and 16 (a TP8 rank).
