@@ -98,10 +98,42 @@ TEST(OnlineSoftmaxAvx512, ExtremesAndNonFinite) {
   run_both({tile({1e30f, -1e30f, 0.0f}), 3, 1e29f, 1.0f, o}, "huge");
 }
 
+// The backward row: P = exp2(min(s - lse2, 0)) and dS = P (dP - d) within a few ulp of the
+// portable row, zeros past `visible`, NaN where the logit or dP is NaN.
+TEST(SoftmaxGradRowAvx512, MatchesPortable) {
+  if (!has_avx512()) GTEST_SKIP() << "no AVX-512F/BW/VL/DQ on this CPU";
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 6.0f);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int visible = trial % (kKvTile + 1);
+    std::vector<float> s(kKvTile, kNaN), dp(kKvTile, kNaN);
+    for (int j = 0; j < visible; ++j) s[j] = normal(rng), dp[j] = normal(rng);
+    if (trial % 7 == 1 && visible > 2) s[1] = kNaN, dp[2] = kNaN;
+    if (trial % 5 == 2 && visible > 3) s[3] = 1e30f;  // above lse2: P clamped to 1
+    const float lse2 = 4.0f + normal(rng) / 4, d = normal(rng) / 8;
+    std::vector<float> sa = s, da = dp, sb = s, db = dp;
+    softmax_grad_row(sa.data(), da.data(), visible, lse2, d);
+    softmax_grad_row_avx512(sb.data(), db.data(), visible, lse2, d);
+    const std::string what = "trial " + std::to_string(trial);
+    for (int j = 0; j < kKvTile; ++j) {
+      if (j >= visible) {
+        EXPECT_EQ(sb[j], 0.0f) << what << " p slot " << j;
+        EXPECT_EQ(db[j], 0.0f) << what << " ds slot " << j;
+        continue;
+      }
+      expect_near_rel(sb[j], sa[j], 3 * 0x1p-24, what + " p[" + std::to_string(j) + "]");
+      // dS = P (dP - d): P's error plus one rounding of the product.
+      expect_near_rel(db[j], da[j], 5 * 0x1p-24, what + " ds[" + std::to_string(j) + "]");
+    }
+  }
+}
+
 TEST(OnlineSoftmax, ActiveUpdateFollowsTheIsaChoice) {
   const SoftmaxUpdateFn want =
       active_isa() >= Isa::avx512 ? &online_softmax_update_avx512 : &online_softmax_update;
   EXPECT_EQ(active_softmax_update(), want);
+  EXPECT_EQ(active_softmax_grad_row(),
+            active_isa() >= Isa::avx512 ? &softmax_grad_row_avx512 : &softmax_grad_row);
   const char* env = std::getenv("FLASHMLA_ISA");
   if (env != nullptr && std::string(env) == "portable") {
     EXPECT_EQ(active_softmax_update(), &online_softmax_update);

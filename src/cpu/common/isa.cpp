@@ -78,6 +78,10 @@ SoftmaxUpdateFn active_softmax_update() {
   return active_isa() >= Isa::avx512 ? &online_softmax_update_avx512 : &online_softmax_update;
 }
 
+SoftmaxGradRowFn active_softmax_grad_row() {
+  return active_isa() >= Isa::avx512 ? &softmax_grad_row_avx512 : &softmax_grad_row;
+}
+
 }  // namespace flashmla::cpu
 
 namespace flashmla {

@@ -36,15 +36,31 @@ inline void online_softmax_update(float* scores, int visible, float& m, float& l
   m = m_new;
 }
 
+// The backward pass's row of probabilities and their gradient: for j < visible,
+// s[j] = P = exp2(min(s[j] - lse2, 0)) (logits in log2 units, lse2 the row's log2-sum-exp; the
+// clamp only matters where fp32 cannot resolve the logits) and dp[j] = P * (dp[j] - d) (dP in,
+// dS out, d = rowsum(dO * O)); both are 0 from `visible` to kKvTile.
+inline void softmax_grad_row(float* s, float* dp, int visible, float lse2, float d) {
+  for (int j = 0; j < visible; ++j) {
+    s[j] = std::exp2(std::min(s[j] - lse2, 0.0f));
+    dp[j] = s[j] * (dp[j] - d);
+  }
+  std::fill(s + visible, s + kKvTile, 0.0f);
+  std::fill(dp + visible, dp + kKvTile, 0.0f);
+}
+
 // The same with AVX-512 (softmax_avx512.cpp): a vectorised exp2 within 2 ulp of libm's and the
 // sum in another order; NaN and -inf behave as above. Only where the CPU has AVX-512F/BW/VL/DQ.
 void online_softmax_update_avx512(float* scores, int visible, float& m, float& l, float* o,
                                   int d_v);
+void softmax_grad_row_avx512(float* s, float* dp, int visible, float lse2, float d);
 
 // The update the drivers use in this process (isa.cpp): the AVX-512 one where the run-time ISA
 // choice allows it, else the portable one above.
 using SoftmaxUpdateFn = void (*)(float* scores, int visible, float& m, float& l, float* o,
                                  int d_v);
 SoftmaxUpdateFn active_softmax_update();
+using SoftmaxGradRowFn = void (*)(float* s, float* dp, int visible, float lse2, float d);
+SoftmaxGradRowFn active_softmax_grad_row();
 
 }  // namespace flashmla::cpu

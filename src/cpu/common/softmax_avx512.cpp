@@ -1,5 +1,5 @@
-// AVX-512 online softmax update (online_softmax.h's contract, 16 scores per step) and a
-// vectorised exp2 for scores in log2 units.
+// AVX-512 online softmax update and backward probability row (online_softmax.h's contracts, 16
+// scores per step) on a vectorised exp2 for scores in log2 units.
 //
 // exp2(x) for x <= 0: x = n + f with n = round(x), f in [-1/2, 1/2]; 2^f by its degree-7
 // Taylor polynomial (truncation below 1e-8; within 3 ulp of libm's exp2f, tested) scaled by 2^n with
@@ -82,6 +82,19 @@ void online_softmax_update_avx512(float* scores, int visible, float& m, float& l
     _mm512_mask_storeu_ps(o + c, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, o + c), a));
   }
   m = m_new;
+}
+
+void softmax_grad_row_avx512(float* s, float* dp, int visible, float lse2, float d) {
+  const __m512 l2 = _mm512_set1_ps(lse2), dv = _mm512_set1_ps(d);
+  for (int j = 0; j < kKvTile; j += 16) {
+    const __mmask16 k = lanes(visible - j);
+    const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), l2);
+    // min(0, x) returns x where x is NaN (the second operand), as std::min(x, 0) does.
+    const __m512 p = _mm512_maskz_mov_ps(k, exp2_nonpositive(_mm512_min_ps(_mm512_setzero_ps(), x)));
+    const __m512 g = _mm512_mul_ps(p, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp + j), dv));
+    _mm512_storeu_ps(s + j, p);
+    _mm512_storeu_ps(dp + j, _mm512_maskz_mov_ps(k, g));
+  }
 }
 
 }  // namespace flashmla::cpu

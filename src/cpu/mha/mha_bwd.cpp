@@ -14,6 +14,7 @@
 
 #include "cpu/common/half.h"
 #include "cpu/common/microkernel.h"
+#include "cpu/common/online_softmax.h"
 #include "cpu/decode/store.h"
 #include "cpu/mha/mha.h"
 #include "cpu/mha/mha_tiles.h"
@@ -74,20 +75,15 @@ void probabilities_and_ds(const core::MhaParams& p, const AttnMicrokernel& mk, c
   const int d_qk = static_cast<int>(p.d_qk), d_v = static_cast<int>(p.d_v);
   mk.qk(sc.q.data(), m, sc.k.data(), d_qk, p.scale_log2, sc.s.data());
   mk.qk(sc.dout.data(), m, sc.vt.data(), d_v, 1.0f, sc.dp.data());
+  const SoftmaxGradRowFn grad_row = active_softmax_grad_row();
   for (int i = 0; i < m; ++i) {
     const int64_t row = (q0 + r0 + i) * p.num_heads_q + h;
-    const float lse2 = rs.lse2[row], d = rs.d[row];
+    const float lse2 = rs.lse2[row];
     const int visible = lse2 == -kInf ? 0 : win.visible(r0 + i, j0, n);
-    float* s = sc.s.data() + static_cast<size_t>(i) * kKvTile;
-    float* dp = sc.dp.data() + static_cast<size_t>(i) * kKvTile;
-    for (int j = 0; j < visible; ++j) {
-      // P <= 1 exactly; the clamp only matters when fp32 cannot resolve the logits (|s| of
-      // 1e9 and more), where the lse round trip could otherwise overflow exp2.
-      s[j] = std::exp2(std::min(s[j] - lse2, 0.0f));
-      dp[j] = s[j] * (dp[j] - d);
-    }
-    std::fill(s + visible, s + kKvTile, 0.0f);
-    std::fill(dp + visible, dp + kKvTile, 0.0f);
+    // P <= 1 exactly; the clamp inside only matters when fp32 cannot resolve the logits (|s| of
+    // 1e9 and more), where the lse round trip could otherwise overflow exp2.
+    grad_row(sc.s.data() + static_cast<size_t>(i) * kKvTile,
+             sc.dp.data() + static_cast<size_t>(i) * kKvTile, visible, lse2, rs.d[row]);
   }
 }
 
