@@ -82,7 +82,10 @@ class DenseDecodeDriver {
     const int64_t bytes = p_.kv_fp8_v32 ? 656 : p_.d_qk * static_cast<int64_t>(kv_elem_);
     for (int64_t t = t0; t < t1; ++t) {
       const char* token = static_cast<const char*>(token_ptr(pc.req, pc.kv_head, t));
-      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(token + b, 0, 3);
+      // One real load first: a software prefetch that misses the TLB may be dropped (4 KiB
+      // pages; a page block spans many); the load walks the page table.
+      (void)*static_cast<const volatile char*>(token);
+      for (int64_t b = 64; b < bytes; b += 64) __builtin_prefetch(token + b, 0, 2);
     }
   }
 

@@ -88,6 +88,53 @@ class SparseDecodeDriver {
     return main_blocks(r) + extra;
   }
 
+  // Block blk of request r's list for query token s: columns [c0, c1) of `row` in `pool`.
+  struct BlockColumns {
+    const SparseKvPool* pool;
+    const int32_t* row;
+    int64_t c0, c1;
+  };
+  BlockColumns block_columns(int64_t r, int64_t s, int64_t blk) const {
+    const int64_t main = main_blocks(r);
+    const bool in_main = blk < main;
+    const SparseKvPool& pool = in_main ? p_.main : p_.extra;
+    const int64_t c0 = (in_main ? blk : blk - main) * kKvTile;
+    return {&pool, pool.indices + r * pool.indices_stride[0] + s * pool.indices_stride[1], c0,
+            std::min(c0 + kKvTile, length(pool, r))};
+  }
+
+  // Asks for the valid tokens of a block in L2 ahead of their gather: the indices are random,
+  // so no hardware prefetcher can.
+  static void prefetch(const BlockColumns& bc) {
+    const SparseKvPool& pool = *bc.pool;
+    for (int64_t col = bc.c0; col < bc.c1; ++col) {
+      const int32_t v = bc.row[col];
+      if (v == -1) continue;
+      const int64_t blk = v / pool.page_block_size, off = v % pool.page_block_size;
+      const uint8_t* block = pool.data + blk * pool.block_stride_bytes;
+      if (pool.kind == KvCacheKind::bf16) {
+        prefetch_bytes(block + off * pool.token_stride_bytes, pool.token_stride_bytes);
+        continue;
+      }
+      const KvFormat format = pool.kind == KvCacheKind::fp8_v32 ? KvFormat::v32 : KvFormat::model1;
+      const KvTokenBytes t =
+          kv_token_bytes(format, const_cast<uint8_t*>(block), pool.page_block_size, off);
+      if (format == KvFormat::v32) {
+        prefetch_bytes(t.values, 656);
+      } else {
+        prefetch_bytes(t.values, 576);
+        prefetch_bytes(t.scales, 8);
+      }
+    }
+  }
+  static void prefetch_bytes(const uint8_t* p, int64_t bytes) {
+    // One real load first: a software prefetch that misses the TLB may be dropped, and random
+    // tokens in a large cache (4 KiB pages) mostly do; the load walks the page table.
+    (void)*static_cast<const volatile uint8_t*>(p);
+    for (int64_t b = 64; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 2);
+    __builtin_prefetch(p + bytes - 1, 0, 2);  // rows are not line-aligned
+  }
+
   void run_piece(int64_t r, int64_t s, int64_t h0, int nh, int64_t blk0, int64_t blk1,
                  bool split, int64_t slot, AttnScratch& sc) const {
     const int d_qk = static_cast<int>(p_.d_qk), d_v = static_cast<int>(p_.d_v);
@@ -99,14 +146,10 @@ class SparseDecodeDriver {
     std::fill(sc.l.begin(), sc.l.begin() + nh, 0.0f);
     std::fill(sc.o.begin(), sc.o.begin() + static_cast<size_t>(nh) * d_v, 0.0f);
 
-    const int64_t main = main_blocks(r);
     for (int64_t blk = blk0; blk < blk1; ++blk) {
-      const bool in_main = blk < main;
-      const SparseKvPool& pool = in_main ? p_.main : p_.extra;
-      const int64_t c0 = (in_main ? blk : blk - main) * kKvTile;
-      const int64_t c1 = std::min(c0 + kKvTile, length(pool, r));
-      const int32_t* row = pool.indices + r * pool.indices_stride[0] + s * pool.indices_stride[1];
-      const int n = gather(pool, row, c0, c1, d_qk, dequant_, sc);
+      const BlockColumns bc = block_columns(r, s, blk);
+      if (blk + 1 < blk1) prefetch(block_columns(r, s, blk + 1));  // overlaps this block's work
+      const int n = gather(*bc.pool, bc.row, bc.c0, bc.c1, d_qk, dequant_, sc);
       if (n == 0) continue;
       mk_.pack_kv(sc.tokens.data(), n, DType::bf16, d_qk, d_v, sc.k.data(), sc.v.data());
       mk_.qk(sc.q.data(), nh, sc.k.data(), d_qk, p_.scale_log2, sc.s.data());
