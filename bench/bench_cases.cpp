@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "bench_util.h"
+#include "cpu/common/microkernel.h"
 #include "flashmla/flashmla.h"
+#include "flashmla/kv_format.h"
 
 namespace flashmla::bench {
 namespace {
@@ -28,10 +30,12 @@ void make_copies(std::vector<Data>& sets, Data first, int n) {
 
 struct DecodeRun : CaseData {
   std::vector<testing::DenseDecodeData> dense;
+  std::vector<std::vector<uint8_t>> fp8_caches;  // dense over FP8 V32: each copy's cache bytes
   std::vector<testing::SparseDecodeData> sparse;
   std::vector<MlaDecodeArgs> args;
   std::vector<int32_t> meta, splits;
   double flops = 0, bytes = 0;
+  const char* kernel = nullptr;  // the microkernel of the operands' dtype
   size_t next = 0;
 };
 
@@ -53,20 +57,36 @@ void attach_schedule(DecodeRun& r, const MlaDecodeShape& shape, const MlaMetadat
   }
 }
 
-// Dense decode.
-std::unique_ptr<DecodeRun> make_dense_run(const testing::DenseDecodeCase& c) {
+// Dense decode; with `fp8`, over the case's cache quantized to the FP8 V32 format (656 bytes per
+// token, the same page blocks and block table).
+std::unique_ptr<DecodeRun> make_dense_run(const testing::DenseDecodeCase& c, bool fp8) {
   auto r = std::make_unique<DecodeRun>();
+  r->kernel = cpu::active_microkernel(c.dtype).name;
   testing::DenseDecodeData d = testing::make_dense_decode_data(c);
-  // FlashMLA's counting (reference §7.1).
+  // FlashMLA's counting (reference §7.1); an FP8 token is 656 bytes instead of 576 elements.
   const double total_len = std::accumulate(d.seqlens.begin(), d.seqlens.end(), 0.0);
   const double d_qk = 576, d_v = 512, elem = dtype_size(c.dtype);
   r->flops = 2.0 * c.num_heads_q * c.q_len * total_len * (d_qk + d_v);
-  r->bytes = (total_len * c.num_heads_kv * d_qk +
-              double(c.batch) * c.q_len * c.num_heads_q * (d_qk + d_v)) * elem;
-  const double copy_bytes = tensor_bytes(d.q) + tensor_bytes(d.k_cache) +
-                            tensor_bytes(d.block_table) + tensor_bytes(d.out) + tensor_bytes(d.lse);
-  make_copies(r->dense, std::move(d), rotation_copies(r->bytes, copy_bytes));
+  r->bytes = total_len * c.num_heads_kv * (fp8 ? 656 : d_qk * elem) +
+             double(c.batch) * c.q_len * c.num_heads_q * (d_qk + d_v) * elem;
+  const int64_t nb = d.k_cache.size(0), page = d.k_cache.size(1), hk = d.k_cache.size(2);
+  const double cache_bytes = fp8 ? double(nb) * page * hk * 656 : tensor_bytes(d.k_cache);
+  const double copy_bytes = tensor_bytes(d.q) + cache_bytes + tensor_bytes(d.block_table) +
+                            tensor_bytes(d.out) + tensor_bytes(d.lse);
+  const int copies = rotation_copies(r->bytes, copy_bytes);
+  make_copies(r->dense, std::move(d), copies);
   for (const auto& s : r->dense) r->args.push_back(s.args());
+  if (fp8) {
+    r->fp8_caches.resize(static_cast<size_t>(copies));
+    for (int i = 0; i < copies; ++i) {
+      auto& bytes = r->fp8_caches[i];
+      bytes.resize(static_cast<size_t>(nb * page * hk * 656));
+      const TensorView cache =
+          TensorView::contiguous(bytes.data(), DType::uint8, {nb, page, hk, 656});
+      quantize_kv_cache({.format = KvFormat::v32, .k = r->args[i].k_cache, .cache = cache});
+      r->args[i].k_cache = cache;
+    }
+  }
   attach_schedule(*r,
                   {.batch = c.batch, .q_len = c.q_len, .num_heads_q = c.num_heads_q,
                    .num_heads_kv = c.num_heads_kv},
@@ -126,7 +146,7 @@ void run_decode(benchmark::State& st, DecodeRun& r) {
     flash_mla_with_kvcache(r.args[r.next], ctx);
     r.next = (r.next + 1) % r.args.size();
   }
-  report(st, r.flops, r.bytes, static_cast<int>(r.args.size()));
+  report(st, r.flops, r.bytes, static_cast<int>(r.args.size()), r.kernel);
 }
 
 // ---- sparse prefill ----
@@ -204,11 +224,11 @@ std::unique_ptr<MhaRun> make_mha_run(const testing::MhaCase& c) {
 
 }  // namespace
 
-void add_dense_decode(const std::string& name, const testing::DenseDecodeCase& c) {
+void add_dense_decode(const std::string& name, const testing::DenseDecodeCase& c, bool fp8) {
   const std::string key = "dense_decode." + name;
-  add(key, [key, c](benchmark::State& st) {
+  add(key, [key, c, fp8](benchmark::State& st) {
     guarded(st, [&] {
-      run_decode(st, cached_as<DecodeRun>(key, [&] { return make_dense_run(c); }));
+      run_decode(st, cached_as<DecodeRun>(key, [&] { return make_dense_run(c, fp8); }));
     });
   });
 }

@@ -12,8 +12,10 @@
 
 namespace flashmla::bench {
 
-// dense_decode.<name>: flash_mla_with_kvcache over a paged cache, schedule computed once.
-void add_dense_decode(const std::string& name, const testing::DenseDecodeCase& c);
+// dense_decode.<name>: flash_mla_with_kvcache over a paged cache (with `fp8`: the case's cache
+// quantized to FP8 V32), schedule computed once.
+void add_dense_decode(const std::string& name, const testing::DenseDecodeCase& c,
+                      bool fp8 = false);
 // sparse_decode.<name>: flash_mla_with_kvcache with indices, schedule computed once.
 void add_sparse_decode(const std::string& name, const testing::SparseDecodeCase& c);
 // sparse_prefill.<name>: flash_mla_sparse_fwd.

@@ -48,6 +48,12 @@ void register_cases() {
   add_dense_decode("v3_tp8_mtp_b16_sq2_sk4096_hq16_causal", v3(16, 2, 4096, 16));
   add_dense_decode("v3_tp8_b64_sq1_sk1024_hq16", v3(64, 1, 1024, 16));
   add_dense_decode("v3_tp8_b1_sq1_sk32768_hq16", v3(1, 1, 32768, 16));
+  // The same cache in fp16 (fp32 products: see docs/conventions.md §11) and as FP8 V32.
+  DenseDecodeCase fp16 = v3(16, 1, 4096, 128);
+  fp16.dtype = DType::fp16;
+  add_dense_decode("v3_fp16_b16_sq1_sk4096_hq128", fp16);
+  add_dense_decode("v3_fp8_b16_sq1_sk4096_hq128", v3(16, 1, 4096, 128), /*fp8=*/true);
+  add_dense_decode("v3_tp8_fp8_b16_sq1_sk4096_hq16", v3(16, 1, 4096, 16), /*fp8=*/true);
 
   // DeepSeek-V3.2 sparse decode: FP8 V32 cache (656 B/token), h_q 128, s_q 2, topk 2048 of
   // 32768 tokens per request, attention sink (FlashMLA's perf shape; its batches are 2, 64,
@@ -59,6 +65,10 @@ void register_cases() {
   };
   add_sparse_decode("v32_fp8_b2_sq2_hq128_sk32768_k2048", v32(2));
   add_sparse_decode("v32_fp8_b8of64_sq2_hq128_sk32768_k2048", v32(8));
+  // The MODEL1 FP8 format (584 bytes per token, d_qk 512) on the same shape.
+  SparseDecodeCase model1 = v32(2);
+  model1.d_qk = 512;
+  add_sparse_decode("model1_fp8_b2_sq2_hq128_sk32768_k2048", model1);
 
   // DeepSeek-V3.2 sparse prefill: h_q 128, d_qk 576, topk 2048, sink; s_q scaled down from
   // FlashMLA's 4096 (a call is O(s_q)).

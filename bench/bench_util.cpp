@@ -103,8 +103,8 @@ bool& any_case_failed() {
   return failed;
 }
 
-void report(benchmark::State& state, double flops, double bytes, int copies) {
-  state.SetLabel(cpu_microkernel_name());
+void report(benchmark::State& state, double flops, double bytes, int copies, const char* kernel) {
+  state.SetLabel(kernel != nullptr ? kernel : cpu_microkernel_name());
   state.counters["flops"] = flops;
   state.counters["bytes"] = bytes;
   state.counters["threads_used"] = resolved_threads();

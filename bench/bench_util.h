@@ -3,7 +3,8 @@
 // and the counters every case reports.
 //
 // Every case reports, per call (one benchmark iteration):
-//   label         the CPU microkernel of this process (flashmla::cpu_microkernel_name())
+//   label         the CPU microkernel the case runs on (flashmla::cpu_microkernel_name(), or
+//                 the fp32 one for fp16 operands)
 //   flops         FlashMLA's FLOP count of the call (shared/design/performance.md)
 //   bytes         FlashMLA's byte count of the call
 //   threads_used  worker threads the library used ("threads" is Google Benchmark's own key)
@@ -80,8 +81,10 @@ void guarded(benchmark::State& st, F&& body) {
   }
 }
 
-// The per-call counters and label described above.
-void report(benchmark::State& state, double flops, double bytes, int copies);
+// The per-call counters and label described above (`kernel`: the microkernel the case runs on,
+// where it is not the process's bf16 one, e.g. fp16 operands).
+void report(benchmark::State& state, double flops, double bytes, int copies,
+            const char* kernel = nullptr);
 
 // Registers `fn` under `name` with the common settings: wall-clock time in µs, Options'
 // repetitions and minimum time, aggregates only (mean, median, stddev, cv and min; run_bench.py

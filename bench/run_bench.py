@@ -11,7 +11,7 @@ exists; all the fastest repetition) next to the operation cases, which report Fl
 FLOPs and bytes per call (the median repetition is used).
 
 Per case and run: kernel (microkernel), ISA cap, threads, median µs, TFLOP/s, GB/s, arithmetic
-intensity, roofline = min(matrix peak, intensity x DRAM bandwidth) with the native run's peaks
+intensity, roofline = min(compute peak, intensity x DRAM bandwidth) with the native run's peaks
 (the machine's limits, measured in the same invocation), % of roofline (= roofline time /
 measured time) and the speed-up over the portable run.
 
@@ -202,7 +202,7 @@ def print_table(rows: list[dict], runs: dict) -> None:
               f"{'DRAM' if r['cold'] else 'LLC':<4}")
     print("x port: speed-up over the portable run; data: inputs rotated over copies larger than "
           "2x LLC (DRAM) or not (LLC); %roof: roofline time / measured time, roofline from the "
-          "native run's DRAM bandwidth and matrix peak")
+          "native run's DRAM bandwidth and compute peak")
 
 
 CSV_FIELDS = ["index", "case", "op", "run", "isa_cap", "cpu_isa", "kernel", "threads",
@@ -255,7 +255,7 @@ def plot(path: Path, rows: list[dict], runs: dict, title: str) -> None:
                 alpha=0.8)
         who = run_name if run["microkernel"] == run_name else f"{run_name} ({run['microkernel']})"
         # At the right end, past every case (the x range extends a decade beyond them).
-        ax.annotate(f"{who}: matrix peak {peak / 1e9:.0f} GFLOP/s",
+        ax.annotate(f"{who}: compute peak {peak / 1e9:.0f} GFLOP/s",
                     xy=(x[-1], peak / 1e9), xytext=(-4, 3), textcoords="offset points",
                     ha="right", va="bottom", fontsize=9)
     # Each case: native and portable points joined by a thin line (the speed-up).
@@ -296,7 +296,7 @@ def plot(path: Path, rows: list[dict], runs: dict, title: str) -> None:
             markerfacecolor="black" if run_style[n]["filled"] else "white",
             label=f"{n} run ({run['microkernel']}): cases and roofline\n"
                   f"  DRAM read {pk.get('dram_bytes_per_s', 0) / 1e9:.1f} GB/s, "
-                  f"matrix peak {pk.get('matrix_flops_per_s', 0) / 1e9:.0f} GFLOP/s"))
+                  f"compute peak {pk.get('matrix_flops_per_s', 0) / 1e9:.0f} GFLOP/s"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.text(0.01, 0.005, "numbers = case # in bench.csv / the table; grey line joins a case's "
              "native and portable points", fontsize=7, color="0.35")
