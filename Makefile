@@ -24,7 +24,7 @@ run: build
 
 test: build python
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
-	$(VENV)/bin/python -m pytest tests/python -q
+	FLASHMLA_BUILD_DIR=$(abspath $(BUILD_DIR)) $(VENV)/bin/python -m pytest tests/python -q
 
 # Benchmark: every operation on the tests' grid and model presets, each microkernel, against the
 # machine's measured DRAM bandwidth and matrix peak; table on stdout, CSV/JSON/PNG in bench_results/.
