@@ -237,7 +237,8 @@ namespace {
 TEST(DenseDecodeFp8, V32CacheMatchesReference) {
   uint64_t seed = 3000;
   for (auto [hq, sq, page, causal] : std::vector<std::tuple<int64_t, int64_t, int64_t, bool>>{
-           {16, 1, 64, false}, {128, 2, 64, true}, {8, 4, 7, true}, {1, 1, 1, false}}) {
+           {16, 1, 64, false}, {128, 2, 64, true}, {8, 4, 7, true}, {1, 1, 1, false},
+           {8, 2, 16, true}}) {  // the last: 16 rows per KV head, causal
     const DenseDecodeCase cs{.batch = 3, .q_len = sq, .kv_len = 300, .num_heads_q = hq,
                              .num_heads_kv = 1, .page_block_size = page, .varlen = true,
                              .causal = causal, .zero_lengths = seed % 2 == 1, .seed = seed++};

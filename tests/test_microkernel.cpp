@@ -1,7 +1,8 @@
 // Every AttnMicrokernel available on this machine (portable everywhere, AVX-512 and AVX512-BF16
 // where CPUID has them) against plain double-precision products on random data: packing of
 // bf16 / fp16 / fp32 rows and tokens, qk (with its scale), pv and pt (accumulating with +=), the
-// zero-filled token slots n..kKvTile-1, exact conversion of every 16-bit pattern, and the p == 0
+// optional token-major qk_tokens on unpacked bf16 tokens, the zero-filled token slots
+// n..kKvTile-1, exact conversion of every 16-bit pattern, and the p == 0
 // rule that keeps a non-finite value with probability 0 out of the output. The packed layouts
 // are private to each microkernel, so packing is only observed through the products.
 //
@@ -192,6 +193,13 @@ class Microkernel : public ::testing::TestWithParam<std::string> {
     std::vector<float> s(static_cast<size_t>(m) * kKvTile + kGuard, kNaN);
     std::fill(s.end() - kGuard, s.end(), kCanary);
     mk_->qk(pq, m, pk, d, scale, s.data());
+    check_scores(ck, s, q, m, k, n, d, scale);
+  }
+
+  // Scores s (m x kKvTile, then kGuard canaries) of q against the n tokens of k, against double:
+  // slots j >= n exactly 0.
+  void check_scores(Checker& ck, const std::vector<float>& s, const Rows& q, int m, const Rows& k,
+                    int n, int d, float scale) {
     expect_guard(ck, s);
     const std::vector<float> qv = ops(q.val), kv = ops(k.val);
     for (int i = 0; i < m; ++i) {
@@ -269,6 +277,57 @@ TEST_P(Microkernel, QkMatchesDouble) {
           Checker ck{ctx("qk", dt, m, n, d)};
           check_qk(ck, q, m, k, n, d, pq.p, pk.p, scales[t++ % 3]);
           ASSERT_EQ(ck.failures, 0) << ck.what;
+        }
+      }
+    }
+  }
+}
+
+// The optional token-major qk (pack_qt + qk_tokens, m <= kSmallRows) reads K straight from
+// bf16 token rows at shuffled slots followed by NaN, 4-byte or only 2-byte aligned; it must
+// read neither Q rows >= m nor tokens >= n (null pointers here, or NaN rows), and never an
+// element past d channels (NaN there would reach the scores through Q's zero padding).
+TEST_P(Microkernel, QkTokensMatchesDouble) {
+  if (mk_->qk_tokens == nullptr) {
+    ASSERT_EQ(mk_->pack_qt, nullptr);
+    GTEST_SKIP() << mk_->name << " has no qk_tokens (the drivers pack K)";
+  }
+  ASSERT_NE(mk_->pack_qt, nullptr);
+  ASSERT_NE(mk_->packed_qt_bytes, nullptr);
+  std::mt19937 rng(7);
+  const float scales[] = {1.0f, 0.0625f, -1.75f};
+  const std::vector<uint16_t> nan_row(640, 0xffff);
+  int t = 0;
+  for (const DType dt : kTypes) {  // Q's dtype; the tokens are bf16
+    for (const int d : {8, 33, 34, 72, 512, 575, 576}) {  // every d % 4
+      const Rows q = make_rows(rng, dt, kSmallRows, d);
+      Rows k = make_rows(rng, DType::bf16, kKvTile, d);
+      // The same tokens shifted by 2 bytes: rows 2 (mod 4) aligned.
+      std::vector<unsigned char> shifted(k.pool.size() + 2, 0xff);
+      std::memcpy(shifted.data() + 2, k.pool.data(), k.pool.size());
+      for (const bool shift : {false, true}) {
+        std::vector<const void*> tok = k.ptr;
+        if (shift) {
+          for (const void*& p : tok) {
+            p = shifted.data() + 2 + (static_cast<const unsigned char*>(p) - k.pool.data());
+          }
+        }
+        for (const int n : kNs) {
+          std::vector<const void*> tn = tok;
+          for (int j = n; j < kKvTile; ++j) tn[j] = (n + j) % 2 == 0 ? nullptr : nan_row.data();
+          for (const int m : {1, 3, 8, 9, 15, 16}) {
+            std::vector<const void*> qr = q.ptr;
+            std::fill(qr.begin() + m, qr.end(), nullptr);
+            Buffer pq(mk_->packed_qt_bytes(m, d), rng);
+            mk_->pack_qt(qr.data(), m, dt, d, pq.p);
+            const float scale = scales[t++ % 3];
+            std::vector<float> s(static_cast<size_t>(m) * kKvTile + kGuard, kNaN);
+            std::fill(s.end() - kGuard, s.end(), kCanary);
+            mk_->qk_tokens(pq.p, m, tn.data(), n, d, scale, s.data());
+            Checker ck{ctx("qk_tokens", dt, m, n, d) + (shift ? " shifted" : "")};
+            check_scores(ck, s, q, m, k, n, d, scale);
+            ASSERT_EQ(ck.failures, 0) << ck.what;
+          }
         }
       }
     }

@@ -12,6 +12,8 @@
 namespace flashmla::cpu {
 
 inline constexpr int kKvTile = 64;  // tokens per KV tile (= the scheduler's block)
+// Most query rows of the token-major product (pack_qt / qk_tokens): one vector of 16 fp32 lanes.
+inline constexpr int kSmallRows = 16;
 
 struct AttnMicrokernel {
   const char* name;  // "portable", ...
@@ -44,6 +46,22 @@ struct AttnMicrokernel {
   // acc[j * d + c] += sum_{i < m} p[i * kKvTile + j] * row_i[c] for j < kKvTile: the transposed
   // probabilities times rows (the backward pass's dV += P^T dO and dK += dS^T Q).
   void (*pt)(const float* p, int m, const void* packed_rows, int d, float* acc);
+
+  // Optional (nullptr where a kernel does not provide them; the drivers then use pack_kv / pack_k
+  // and qk): the token-major qk for few rows, which reads K straight from the tokens instead of
+  // packing the tile. With m <= kSmallRows rows per KV tile, packing K costs about as much as the
+  // product itself, because so few rows share the packed tile.
+  //
+  // Scratch size and packing of m <= kSmallRows query rows (as pack_q) as the operand of
+  // qk_tokens.
+  size_t (*packed_qt_bytes)(int m, int d);
+  void (*pack_qt)(const void* const* rows, int m, DType dtype, int d, void* packed_qt);
+  // s[i * kKvTile + j] = scale * <q_i, k_j> for i < m, j < kKvTile, as qk, where k_j is the first
+  // d channels of the bf16 token tokens[j] (bf16 only; rows need only 2-byte alignment, and no
+  // element past d channels is read). Slots j >= n are exactly 0 and tokens[j] for j >= n is
+  // never read (it may be null).
+  void (*qk_tokens)(const void* packed_qt, int m, const void* const* tokens, int n, int d,
+                    float scale, float* s);
 };
 
 // The portable microkernel: fp32 operands, plain loops that any compiler vectorises.

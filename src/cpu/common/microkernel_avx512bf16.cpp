@@ -28,6 +28,11 @@
 //                entry (t2, c) = (v_{2t2}[c], v_{2t2+1}[c]), 64-byte aligned.
 //   packed_rows  header, then the rows as row pairs: [ceil(m/2)][ld] pairs (ld as for V), entry
 //                (i2, c) = (row_{2i2}[c], row_{2i2+1}[c]), 64-byte aligned.
+//   packed_qt    header, then Q (m <= kSmallRows rows) by channel quads: [ceil(d/4)][2][16]
+//                pairs, 64-byte aligned; in half h of quad k, lane 2r + e holds the pair
+//                (q_i[4k+2e], q_i[4k+2e+1]) of row i = 8h + r, so that one 64-bit broadcast of a
+//                token's channels 4k..4k+3 multiplies 8 rows per zmm. Rows m..15 and channels
+//                >= d are zero.
 // The header stores the offset of the aligned data from the buffer's start (so that a buffer
 // copied elsewhere stays readable) and, for V and rows, whether any packed value is not finite.
 // Token slots n..kKvTile-1, the row after an odd m, channel padding and the odd channel of an
@@ -44,6 +49,11 @@
 //     pv/pt take an exact path that clears, for each pair, the operand half whose probability is
 //     zero, so a zero probability contributes exactly 0 (never 0 * inf). So the result never
 //     depends on the drivers keeping V and the rows finite.
+// qk_tokens (token-major qk for m <= 16 rows) reads K straight from the bf16 token rows: it
+// multiplies the quad vectors of Q by each token's channel quad, broadcast, giving S^T (token:
+// 16 row lanes), then transposes. Tokens j >= n are never read, and a d that is not a multiple
+// of 4 reads its last d % 4 channels alone (zero-extended), so no element past d is touched.
+//
 // "Zero" means zero after rounding to bf16 (a probability below 2^-126 is flushed, see above);
 // a NaN probability is a non-zero one (as in the portable kernel, where `p == 0.0f` is false
 // for NaN).
@@ -83,6 +93,10 @@ size_t packed_v_bytes(int d) {
 }
 size_t packed_rows_bytes(int m, int d) {
   return kHeaderBytes + sizeof(uint32_t) * static_cast<size_t>(pairs(m)) * padded(d);
+}
+inline int quads(int d) { return (d + 3) / 4; }
+size_t packed_qt_bytes(int /*m*/, int d) {  // always 16 row lanes
+  return kHeaderBytes + sizeof(uint32_t) * static_cast<size_t>(quads(d)) * 2 * kSmallRows;
 }
 
 // Writes the header of a buffer being packed (non-finite flag cleared) and returns its data.
@@ -236,6 +250,23 @@ void pack_q_t(const void* const* rows, int m, int d, uint32_t* q) {
   }
 }
 
+// 16 rows of d channels (rows >= n zero) as channel pairs: pair p of row jj to dst[p * ld + jj]
+// (ld = kKvTile for 16 of K's 64 tokens, 16 for Q in pack_qt).
+template <DType Dt>
+void pack_pairs16_t(const void* const* rows, int n, int d, uint32_t* dst, int ld) {
+  for (int c = 0; c < d; c += 32) {
+    const int cnt = std::min(16, (d - c + 1) / 2);
+    __m512i r[16];
+    for (int jj = 0; jj < 16; ++jj) {
+      r[jj] = jj < n ? load32<Dt>(rows[jj], c, d - c) : _mm512_setzero_si512();
+    }
+    transpose16(r);
+    for (int p = 0; p < cnt; ++p) {
+      _mm512_store_si512(dst + static_cast<size_t>(c / 2 + p) * ld, r[p]);
+    }
+  }
+}
+
 // K channel pairs [pairs(d)][kKvTile] from n tokens, token slots >= n zero.
 template <DType Dt>
 void pack_k_t(const void* const* tokens, int n, int d, uint32_t* kt) {
@@ -247,17 +278,7 @@ void pack_k_t(const void* const* tokens, int n, int d, uint32_t* kt) {
       }
       continue;
     }
-    for (int c = 0; c < d; c += 32) {
-      const int cnt = std::min(16, (d - c + 1) / 2);
-      __m512i r[16];
-      for (int jj = 0; jj < 16; ++jj) {
-        r[jj] = j0 + jj < n ? load32<Dt>(tokens[j0 + jj], c, d - c) : _mm512_setzero_si512();
-      }
-      transpose16(r);
-      for (int p = 0; p < cnt; ++p) {
-        _mm512_store_si512(kt + static_cast<size_t>(c / 2 + p) * kKvTile + j0, r[p]);
-      }
-    }
+    pack_pairs16_t<Dt>(tokens + j0, n - j0, d, kt + j0, kKvTile);
   }
 }
 
@@ -358,6 +379,37 @@ void pack_rows(const void* const* rows, int m, DType dtype, int d, void* packed_
   set_nonfinite(packed_rows, nonfinite);
 }
 
+// Q for qk_tokens: the rows as channel pairs [pairs(d)][16] (one vector of 16 rows per pair,
+// as K's pair rows), then each two pair rows (2k, 2k+1) interleaved in place into the halves of
+// quad k: half h, lane 2r + e = pair 2k + e of row 8h + r.
+void pack_qt(const void* const* rows, int m, DType dtype, int d, void* packed_qt) {
+  uint32_t* qt = begin_packing(packed_qt);
+  const int nq = quads(d);
+  std::fill(qt, qt + static_cast<size_t>(nq) * 2 * kSmallRows, 0u);  // pair rows past pairs(d)
+  m = std::clamp(m, 0, kSmallRows);
+  switch (dtype) {
+    case DType::bf16:
+      pack_pairs16_t<DType::bf16>(rows, m, d, qt, kSmallRows);
+      break;
+    case DType::fp16:
+      pack_pairs16_t<DType::fp16>(rows, m, d, qt, kSmallRows);
+      break;
+    case DType::fp32:
+      pack_pairs16_t<DType::fp32>(rows, m, d, qt, kSmallRows);
+      break;
+    default:
+      return;  // unreachable: float dtypes only
+  }
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+  for (int k = 0; k < nq; ++k) {
+    uint32_t* x = qt + static_cast<size_t>(k) * 2 * kSmallRows;
+    const __m512i p0 = _mm512_load_si512(x), p1 = _mm512_load_si512(x + kSmallRows);
+    _mm512_store_si512(x, _mm512_permutex2var_epi32(p0, lo, p1));
+    _mm512_store_si512(x + kSmallRows, _mm512_permutex2var_epi32(p0, hi, p1));
+  }
+}
+
 // ---- qk: s = scale * Q K^T, 6 rows x 64 keys (24 accumulators) per block ----
 
 // Channel pairs are processed in chunks so that the chunk of K (kQkChunk x 256 bytes = 32 KiB)
@@ -436,6 +488,151 @@ void qk(const void* packed_q, int m, const void* packed_k, int d, float scale, f
         break;
       default:
         break;
+    }
+  }
+}
+
+// ---- qk_tokens: s = scale * Q K^T for m <= 16 rows, K read straight from the tokens ----
+
+// A 32-bit broadcast of a token's channel pair for each product (VDPBF16PS's {1to16} operand)
+// makes one load per product; on Zen 5 that measured ~450 GFLOP/s, apparently bound by the load
+// ports (two vector loads a cycle, as many as products). Instead one 64-bit broadcast carries a
+// channel quad (two pairs) of a token to both halves of Q (8 rows x 2 pairs each, see
+// packed_qt), so each load feeds two products; for m <= 8 only the first half is used (half the
+// products). Tokens per block: their 8 row pointers stay in general registers, and 8 tokens x 2
+// accumulators are 16 independent chains, enough to hide VDPBF16PS's latency on both pipes.
+// Measured on Zen 5 (d = 576, 64 tokens in L1/L2): m = 16 ~530 GFLOP/s (as qk on a packed
+// tile, without packing K), m = 8 ~440.
+constexpr int kQtTokens = 8;
+
+// Channel quad k of a bf16 token row (8 bytes, only 2-byte aligned), in every 64-bit lane.
+inline __m512i token_quad(const uint16_t* tok, int k) {
+  uint64_t x;
+  std::memcpy(&x, tok + 4 * k, sizeof x);
+  return _mm512_set1_epi64(static_cast<long long>(x));
+}
+
+// The last, partial quad k = d / 4: its d % 4 channels, zero-extended (nothing past d is read).
+inline __m512i token_tail(const uint16_t* tok, int k, int rem) {
+  uint64_t x = 0;
+  std::memcpy(&x, tok + 4 * k, sizeof(uint16_t) * rem);
+  return _mm512_set1_epi64(static_cast<long long>(x));
+}
+
+// st[16 t + i] = <q_i, k_t> for the kQtTokens tokens tok[t] and the 16 row lanes i (H = 2) or
+// the first 8 (H = 1; lanes 8..15 are then 0). acc[h][t], lane 2r + e, sums the products of
+// pairs 2k + e of row 8h + r (H = 2); for H = 1, acc[u][t] takes the quads k = u mod 2.
+template <int H>
+inline void qkt_block(const uint32_t* qt, const uint16_t* const* tok, int d, float* st) {
+  const uint16_t* tk[kQtTokens];
+  __m512 acc[2][kQtTokens];
+#pragma GCC unroll 8
+  for (int t = 0; t < kQtTokens; ++t) {
+    tk[t] = tok[t];
+    acc[0][t] = _mm512_setzero_ps();
+    acc[1][t] = _mm512_setzero_ps();
+  }
+  const int whole = d / 4, rem = d % 4;
+  int k = 0;
+  if constexpr (H == 2) {
+    for (; k < whole; ++k) {
+      const uint32_t* qq = qt + static_cast<size_t>(k) * 2 * kSmallRows;
+      const __m512i q0 = _mm512_load_si512(qq), q1 = _mm512_load_si512(qq + kSmallRows);
+#pragma GCC unroll 8
+      for (int t = 0; t < kQtTokens; ++t) {
+        const __m512i x = token_quad(tk[t], k);
+        acc[0][t] = dot2(acc[0][t], q0, x);
+        acc[1][t] = dot2(acc[1][t], q1, x);
+      }
+    }
+  } else {
+    for (; k + 2 <= whole; k += 2) {
+      const uint32_t* qq = qt + static_cast<size_t>(k) * 2 * kSmallRows;
+      const __m512i q0 = _mm512_load_si512(qq), q1 = _mm512_load_si512(qq + 2 * kSmallRows);
+#pragma GCC unroll 8
+      for (int t = 0; t < kQtTokens; ++t) {
+        acc[0][t] = dot2(acc[0][t], q0, token_quad(tk[t], k));
+        acc[1][t] = dot2(acc[1][t], q1, token_quad(tk[t], k + 1));
+      }
+    }
+    if (k < whole) {
+      const __m512i q0 = _mm512_load_si512(qt + static_cast<size_t>(k) * 2 * kSmallRows);
+#pragma GCC unroll 8
+      for (int t = 0; t < kQtTokens; ++t) acc[0][t] = dot2(acc[0][t], q0, token_quad(tk[t], k));
+      ++k;
+    }
+  }
+  if (rem != 0) {  // k == whole: the channels 4k..d-1 only
+    const uint32_t* qq = qt + static_cast<size_t>(k) * 2 * kSmallRows;
+    const __m512i q0 = _mm512_load_si512(qq), q1 = _mm512_load_si512(qq + kSmallRows);
+#pragma GCC unroll 8
+    for (int t = 0; t < kQtTokens; ++t) {
+      const __m512i x = token_tail(tk[t], k, rem);
+      if constexpr (H == 2) {
+        acc[0][t] = dot2(acc[0][t], q0, x);
+        acc[1][t] = dot2(acc[1][t], q1, x);
+      } else {
+        acc[1][t] = dot2(acc[1][t], q0, x);
+      }
+    }
+  }
+  // Row r's two lanes 2r, 2r+1 (of half h, or of both accumulators for H = 1) summed into lane
+  // 8h + r.
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+#pragma GCC unroll 8
+  for (int t = 0; t < kQtTokens; ++t) {
+    __m512 sum;
+    if constexpr (H == 2) {
+      sum = _mm512_add_ps(_mm512_permutex2var_ps(acc[0][t], even, acc[1][t]),
+                          _mm512_permutex2var_ps(acc[0][t], odd, acc[1][t]));
+    } else {
+      const __m512 x = _mm512_add_ps(acc[0][t], acc[1][t]);
+      sum = _mm512_maskz_add_ps(0x00ff, _mm512_permutexvar_ps(even, x),
+                                _mm512_permutexvar_ps(odd, x));
+    }
+    _mm512_store_ps(st + 16 * t, sum);
+  }
+}
+
+void qk_tokens(const void* packed_qt, int m, const void* const* tokens, int n, int d,
+               float scale, float* s) {
+  const uint32_t* qt = data_of(packed_qt, header_of(packed_qt));
+  m = std::min(m, kSmallRows);
+  n = std::clamp(n, 0, kKvTile);
+  d = std::max(d, 0);
+  if (m <= 0) return;
+  alignas(64) float st[kKvTile * kSmallRows];  // S^T: token j's 16 row lanes at st + 16 j
+  const int nt = (n + 15) & ~15;                // tokens of the 16-token blocks with n in them
+  for (int j0 = 0; j0 < nt; j0 += kQtTokens) {
+    if (j0 >= n) {  // never stored to s, but read by the transpose
+      std::fill(st + 16 * j0, st + 16 * (j0 + kQtTokens), 0.0f);
+      continue;
+    }
+    const uint16_t* tok[kQtTokens];
+    for (int t = 0; t < kQtTokens; ++t) {  // slots >= n repeat token n-1 (their sums are dropped)
+      tok[t] = static_cast<const uint16_t*>(tokens[std::min(j0 + t, n - 1)]);
+    }
+    if (m > 8) {
+      qkt_block<2>(qt, tok, d, st + 16 * j0);
+    } else {
+      qkt_block<1>(qt, tok, d, st + 16 * j0);
+    }
+  }
+  // 16 x 16 transposes of S^T into the rows of s, scaled, with the slots >= n exactly 0.
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int j0 = 0; j0 < kKvTile; j0 += 16) {
+    if (j0 >= nt) {
+      for (int i = 0; i < m; ++i) _mm512_storeu_ps(s + i * kKvTile + j0, _mm512_setzero_ps());
+      continue;
+    }
+    __m512i r[16];
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; ++t) r[t] = _mm512_load_si512(st + 16 * (j0 + t));
+    transpose16(r);
+    const __mmask16 k = lane_mask(n - j0);
+    for (int i = 0; i < m; ++i) {
+      _mm512_storeu_ps(s + i * kKvTile + j0, _mm512_maskz_mul_ps(k, _mm512_castsi512_ps(r[i]), sc));
     }
   }
 }
@@ -757,6 +954,9 @@ const AttnMicrokernel& avx512bf16_microkernel() {
       .qk = qk,
       .pv = pv,
       .pt = pt,
+      .packed_qt_bytes = packed_qt_bytes,
+      .pack_qt = pack_qt,
+      .qk_tokens = qk_tokens,
   };
   return k;
 }

@@ -139,6 +139,9 @@ const AttnMicrokernel& portable_microkernel() {
       .qk = qk,
       .pv = pv,
       .pt = pt,
+      .packed_qt_bytes = nullptr,  // no token-major qk: the drivers pack K
+      .pack_qt = nullptr,
+      .qk_tokens = nullptr,
   };
   return k;
 }

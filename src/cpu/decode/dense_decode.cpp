@@ -2,7 +2,10 @@
 // (request, KV head, tile of query rows) in its range it walks the 64-token KV tiles, gathers
 // each tile once through the block table, packs it for both products, computes the scores of
 // all query rows of that KV head at once, updates the online softmax (log2 domain) and
-// accumulates P·V. Unsplit requests are finalised in place; pieces of split requests go to the
+// accumulates P·V. With few rows per KV head (m <= kSmallRows: e.g. DeepSeek-V3 with 16 heads
+// on a tensor-parallel rank), packing K would cost about as much as the product, so where the
+// microkernel has qk_tokens the scores are computed from the gathered bf16 tokens directly and
+// only V is packed. Unsplit requests are finalised in place; pieces of split requests go to the
 // accumulators and are merged by the combine.
 #include "cpu/decode/dense_decode.h"
 
@@ -97,12 +100,22 @@ class DenseDecodeDriver {
                           head_of(pc, i) * p_.q_stride[2];
       sc.rows[i] = static_cast<const char*>(p_.q) + off * static_cast<int64_t>(elem_);
     }
-    mk_.pack_q(sc.rows.data(), m, p_.dtype, d_qk, sc.q.data());
+    const DType kv_dtype = p_.kv_fp8_v32 ? DType::bf16 : p_.dtype;  // FP8: bf16 staging
+    // The token-major qk reads bf16 tokens only (an fp16 cache has an fp32 microkernel).
+    const bool qk_tokens = m <= kSmallRows && mk_.qk_tokens != nullptr && kv_dtype == DType::bf16;
+    if (qk_tokens) {
+      mk_.pack_qt(sc.rows.data(), m, p_.dtype, d_qk, sc.qt.data());
+    } else {
+      mk_.pack_q(sc.rows.data(), m, p_.dtype, d_qk, sc.q.data());
+    }
     std::fill(sc.m.begin(), sc.m.begin() + m, -kInf);
     std::fill(sc.l.begin(), sc.l.begin() + m, 0.0f);
     std::fill(sc.o.begin(), sc.o.begin() + static_cast<size_t>(m) * d_v, 0.0f);
 
     const int64_t seqlen = p_.cache_seqlens[pc.req];
+    // The first tile too: packing only V (qk_tokens) reads the tokens two at a time, too few
+    // misses in flight for a cold tile.
+    if (qk_tokens) prefetch_tokens(pc, pc.tok0, std::min<int64_t>(pc.tok0 + kKvTile, pc.tok1));
     for (int64_t t0 = pc.tok0; t0 < pc.tok1; t0 += kKvTile) {
       const int n = static_cast<int>(std::min<int64_t>(kKvTile, pc.tok1 - t0));
       prefetch_tokens(pc, t0 + n, std::min<int64_t>(t0 + n + kKvTile, pc.tok1));
@@ -115,9 +128,13 @@ class DenseDecodeDriver {
           sc.tokens[j] = dst;
         }
       }
-      mk_.pack_kv(sc.tokens.data(), n, p_.kv_fp8_v32 ? DType::bf16 : p_.dtype, d_qk, d_v,
-                  sc.k.data(), sc.v.data());
-      mk_.qk(sc.q.data(), m, sc.k.data(), d_qk, p_.scale_log2, sc.s.data());
+      if (qk_tokens) {
+        mk_.pack_v(sc.tokens.data(), n, kv_dtype, d_v, sc.v.data());
+        mk_.qk_tokens(sc.qt.data(), m, sc.tokens.data(), n, d_qk, p_.scale_log2, sc.s.data());
+      } else {
+        mk_.pack_kv(sc.tokens.data(), n, kv_dtype, d_qk, d_v, sc.k.data(), sc.v.data());
+        mk_.qk(sc.q.data(), m, sc.k.data(), d_qk, p_.scale_log2, sc.s.data());
+      }
       for (int i = 0; i < m; ++i) {
         // Keys visible to this row in the tile: causal hides the last q_len-1-s tokens.
         int64_t visible = n;
