@@ -437,11 +437,16 @@ def ref_mha_fwd(q, k, v, cu_q, cu_k, softmax_scale=None, causal=False, is_varlen
 
 
 def ref_mha_bwd(dout, q, k, v, cu_q, cu_k, softmax_scale=None, causal=False, is_varlen=True,
-                d_from_bf16_out=False):
+                d_from_bf16_out=False, bf16_products=False, out_for_d=None):
     """Exact float64 gradients of sum(dout * out) w.r.t. q, k, v (GQA: a KV head sums its query
     heads). Returns dq, dk, dv float64. d_from_bf16_out: compute D = rowsum(dout * out) from the
     bf16-rounded forward output, as FlashAttention-2 style backwards do (conventions §10) — with
-    a peaked softmax, dS = P * (dP - D) cancels and the rounding of out dominates the error."""
+    a peaked softmax, dS = P * (dP - D) cancels and the rounding of out dominates the error.
+    bf16_products: P and dS rounded to bf16 before the products that use them (dV = P^T dO;
+    dQ = dS K, dK = dS^T Q), as FlashAttention-2 on GPUs and the avx512bf16 CPU microkernel do
+    (conventions §11) — with a peaked softmax dK and dQ cancel, and that rounding shows too.
+    out_for_d: the forward output given to the backward (total_q, h_q, d_v); D is computed from
+    it, as the backward does (its own out may round differently in some elements)."""
     q, k, v, do = f64(q), f64(k), f64(v), f64(dout)
     tq, h_q, d = q.shape
     tk, h_kv, dv_ = v.shape
@@ -460,9 +465,14 @@ def ref_mha_bwd(dout, q, k, v, cu_q, cu_k, softmax_scale=None, causal=False, is_
             O = P @ V
             if d_from_bf16_out:
                 O = O.astype(np.float32).astype(BF16).astype(np.float64)
+            if out_for_d is not None:
+                O = f64(out_for_d)[q0:q1, h]
             dP = dO @ V.T
             Dr = np.sum(dO * O, axis=-1, keepdims=True)
             dS = P * (dP - Dr)
+            if bf16_products:
+                P = P.astype(np.float32).astype(BF16).astype(np.float64)
+                dS = dS.astype(np.float32).astype(BF16).astype(np.float64)
             dq[q0:q1, h] += scale * dS @ K
             dk[k0:k1, hk] += scale * dS.T @ Q
             dv[k0:k1, hk] += P.T @ dO
