@@ -4,15 +4,14 @@
 // shared/design/performance.md), as tools/cli_cases.cpp does.
 #include "bench_cases.h"
 
-#include <algorithm>
 #include <memory>
-#include <numeric>
 #include <vector>
 
 #include "bench_util.h"
 #include "cpu/common/microkernel.h"
 #include "flashmla/flashmla.h"
 #include "flashmla/kv_format.h"
+#include "testing/work.h"
 
 namespace flashmla::bench {
 namespace {
@@ -63,12 +62,9 @@ std::unique_ptr<DecodeRun> make_dense_run(const testing::DenseDecodeCase& c, boo
   auto r = std::make_unique<DecodeRun>();
   r->kernel = cpu::active_microkernel(c.dtype).name;
   testing::DenseDecodeData d = testing::make_dense_decode_data(c);
-  // FlashMLA's counting (reference §7.1); an FP8 token is 656 bytes instead of 576 elements.
-  const double total_len = std::accumulate(d.seqlens.begin(), d.seqlens.end(), 0.0);
-  const double d_qk = 576, d_v = 512, elem = dtype_size(c.dtype);
-  r->flops = 2.0 * c.num_heads_q * c.q_len * total_len * (d_qk + d_v);
-  r->bytes = total_len * c.num_heads_kv * (fp8 ? 656 : d_qk * elem) +
-             double(c.batch) * c.q_len * c.num_heads_q * (d_qk + d_v) * elem;
+  const testing::Work work = testing::dense_decode_work(c, d, fp8);  // FlashMLA's counting
+  r->flops = work.flops;
+  r->bytes = work.bytes;
   const int64_t nb = d.k_cache.size(0), page = d.k_cache.size(1), hk = d.k_cache.size(2);
   const double cache_bytes = fp8 ? double(nb) * page * hk * 656 : tensor_bytes(d.k_cache);
   const double copy_bytes = tensor_bytes(d.q) + cache_bytes + tensor_bytes(d.block_table) +
@@ -100,29 +96,9 @@ std::unique_ptr<DecodeRun> make_sparse_run(const testing::SparseDecodeCase& c) {
   auto r = std::make_unique<DecodeRun>();
   testing::SparseDecodeData d = testing::make_sparse_decode_data(c);
   const MlaDecodeArgs a = d.args();
-  // FlashMLA's counting (reference §7.2): attended tokens and distinct referenced slots.
-  double attended = 0, unique = 0;
-  auto count = [&](const TensorView& idx, const TensorView& len, int64_t slots) {
-    if (!idx.defined()) return;
-    std::vector<bool> used(static_cast<size_t>(slots), false);
-    for (int64_t i = 0; i < c.batch; ++i) {
-      const int64_t cols = len.defined() ? len.ptr<const int32_t>()[i] : idx.size(2);
-      for (int64_t s = 0; s < c.q_len; ++s) {
-        const int32_t* row = idx.ptr<const int32_t>() + i * idx.stride(0) + s * idx.stride(1);
-        for (int64_t col = 0; col < cols; ++col) {
-          if (row[col] == -1) continue;
-          attended += 1;
-          if (!used[row[col]]) unique += 1, used[row[col]] = true;
-        }
-      }
-    }
-  };
-  count(a.indices, a.topk_length, a.k_cache.size(0) * a.k_cache.size(1));
-  count(a.extra_indices_in_kvcache, a.extra_topk_length,
-        a.extra_k_cache.defined() ? a.extra_k_cache.size(0) * a.extra_k_cache.size(1) : 0);
-  const double d_v = 512, bpt = c.fp8 ? (c.d_qk == 576 ? 656 : 584) : 2.0 * c.d_qk;
-  r->flops = 2.0 * c.num_heads_q * attended * (c.d_qk + d_v);
-  r->bytes = unique * bpt + 2.0 * c.batch * c.q_len * c.num_heads_q * (c.d_qk + d_v);
+  const testing::Work work = testing::sparse_decode_work(c, a);  // FlashMLA's counting
+  r->flops = work.flops;
+  r->bytes = work.bytes;
   const double copy_bytes = tensor_bytes(d.q) + tensor_bytes(d.k_cache) +
                             tensor_bytes(d.indices) + tensor_bytes(d.extra_k_cache) +
                             tensor_bytes(d.extra_indices) + tensor_bytes(d.out) +
@@ -161,20 +137,9 @@ struct PrefillRun : CaseData {
 std::unique_ptr<PrefillRun> make_prefill_run(const testing::SparsePrefillCase& c) {
   auto r = std::make_unique<PrefillRun>();
   testing::SparsePrefillData d = testing::make_sparse_prefill_data(c);
-  // FlashMLA's counting (reference §7.2): T valid (query, key) pairs, N distinct valid rows.
-  double pairs = 0;
-  std::vector<bool> used(static_cast<size_t>(c.kv_len), false);
-  for (int64_t s = 0; s < c.q_len; ++s) {
-    const int64_t cols = d.topk_length.view().defined() ? d.topk_length.i32({s}) : c.topk;
-    for (int64_t col = 0; col < cols; ++col) {
-      const int32_t t = d.indices.i32({s, 0, col});
-      if (t >= 0 && t < c.kv_len) pairs += 1, used[t] = true;
-    }
-  }
-  const double n_valid = static_cast<double>(std::count(used.begin(), used.end(), true));
-  const double d_v = 512;
-  r->flops = 2.0 * pairs * c.num_heads_q * (c.d_qk + d_v);
-  r->bytes = n_valid * c.d_qk * 2 + double(c.q_len) * c.num_heads_q * (c.d_qk + d_v) * 2;
+  const testing::Work work = testing::sparse_prefill_work(c, d);  // FlashMLA's counting
+  r->flops = work.flops;
+  r->bytes = work.bytes;
   const double copy_bytes = tensor_bytes(d.q) + tensor_bytes(d.kv) + tensor_bytes(d.indices) +
                             tensor_bytes(d.out) + 2 * tensor_bytes(d.lse);
   make_copies(r->sets, std::move(d), rotation_copies(r->bytes, copy_bytes));
@@ -195,21 +160,11 @@ struct MhaRun : CaseData {
 std::unique_ptr<MhaRun> make_mha_run(const testing::MhaCase& c) {
   auto r = std::make_unique<MhaRun>();
   testing::MhaData d = testing::make_mha_data(c);
-  // FlashMLA's counting (reference §7.2): A unmasked (q, k) pairs; forward A·h·2·(d + dv),
-  // backward A·h·2·(3d + 2dv). Bytes: q, k, v and out once (forward), plus dout, dq, dk, dv.
-  double pairs = 0;
-  for (int64_t i = 0; i < c.batch; ++i) {
-    const int64_t s_q = d.q_lens[i], s_k = d.kv_lens[i];
-    for (int64_t row = 0; row < s_q; ++row) {
-      pairs += c.causal ? std::clamp<int64_t>(row + 1 + s_k - s_q, 0, s_k) : s_k;
-    }
-  }
-  const double h = c.num_heads_q, hk = c.num_heads_kv, dq = c.d_qk, dv = c.d_v;
-  const double tq = d.total_q(), tk = d.total_kv();
-  r->fwd_flops = pairs * h * 2 * (dq + dv);
-  r->bwd_flops = pairs * h * 2 * (3 * dq + 2 * dv);
-  r->fwd_bytes = 2 * (tq * h * (dq + dv) + tk * hk * (dq + dv));
-  r->bwd_bytes = 2 * r->fwd_bytes + 2 * tq * h * dv;
+  const testing::MhaWork work = testing::mha_work(c, d);  // FlashMLA's counting
+  r->fwd_flops = work.fwd.flops;
+  r->fwd_bytes = work.fwd.bytes;
+  r->bwd_flops = work.bwd.flops;
+  r->bwd_bytes = work.bwd.bytes;
   // The backward reads the forward's out and lse: run the forward before copying.
   flash_attn_varlen_fwd(d.fwd_args(), context());
   const double copy_bytes = tensor_bytes(d.q) + tensor_bytes(d.k) + tensor_bytes(d.v) +

@@ -3,13 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <numeric>
 #include <vector>
 
 #include "flashmla/flashmla.h"
 #include "ref/ref.h"
 #include "testing/compare.h"
 #include "testing/host_tensor.h"
+#include "testing/work.h"
 
 namespace flashmla::cli {
 namespace {
@@ -63,12 +63,8 @@ Row run_dense_decode_case(const DenseDecodeCase& cs, const RunOptions& opt) {
 
   const double us = median_us(opt, [&] { flash_mla_with_kvcache(args, ctx); });
 
-  // FlashMLA's counting (reference §7.1).
-  const double total_len = std::accumulate(data.seqlens.begin(), data.seqlens.end(), 0.0);
-  const double d_qk = 576, d_v = 512, elem = dtype_size(cs.dtype);
-  const double flops = 2.0 * cs.num_heads_q * cs.q_len * total_len * (d_qk + d_v);
-  const double bytes = (total_len * cs.num_heads_kv * d_qk +
-                        cs.batch * cs.q_len * cs.num_heads_q * (d_qk + d_v)) * elem;
+  const testing::Work work = testing::dense_decode_work(cs, data);  // FlashMLA's counting
+  const double flops = work.flops, bytes = work.bytes;
 
   // Check the first requests against the reference.
   const int64_t k = std::min<int64_t>(opt.check, cs.batch);
@@ -102,29 +98,8 @@ Row run_sparse_decode_case(const SparseDecodeCase& cs, const RunOptions& opt) {
   const Context ctx{.num_threads = opt.threads};
   const double us = median_us(opt, [&] { flash_mla_with_kvcache(args, ctx); });
 
-  // FlashMLA's counting (reference §7.2): attended tokens and distinct referenced slots.
-  double attended = 0, unique = 0;
-  auto count = [&](const TensorView& idx, const TensorView& len, int64_t slots) {
-    if (!idx.defined()) return;
-    std::vector<bool> used(slots, false);
-    for (int64_t i = 0; i < cs.batch; ++i) {
-      const int64_t cols = len.defined() ? len.ptr<const int32_t>()[i] : idx.size(2);
-      for (int64_t s = 0; s < cs.q_len; ++s) {
-        const int32_t* row = idx.ptr<const int32_t>() + i * idx.stride(0) + s * idx.stride(1);
-        for (int64_t c = 0; c < cols; ++c) {
-          if (row[c] == -1) continue;
-          attended += 1;
-          if (!used[row[c]]) unique += 1, used[row[c]] = true;
-        }
-      }
-    }
-  };
-  count(args.indices, args.topk_length, args.k_cache.size(0) * args.k_cache.size(1));
-  count(args.extra_indices_in_kvcache, args.extra_topk_length,
-        args.extra_k_cache.defined() ? args.extra_k_cache.size(0) * args.extra_k_cache.size(1) : 0);
-  const double d_v = 512, bpt = cs.fp8 ? (cs.d_qk == 576 ? 656 : 584) : 2.0 * cs.d_qk;
-  const double flops = 2.0 * cs.num_heads_q * attended * (cs.d_qk + d_v);
-  const double bytes = unique * bpt + 2.0 * cs.batch * cs.q_len * cs.num_heads_q * (cs.d_qk + d_v);
+  const testing::Work work = testing::sparse_decode_work(cs, args);  // FlashMLA's counting
+  const double flops = work.flops, bytes = work.bytes;
 
   Row row{.name = cs.name(), .us = us, .tflops = flops / us * 1e-6, .gbps = bytes / us * 1e-3};
   const int64_t k = std::min<int64_t>(opt.check, cs.batch);
@@ -156,22 +131,8 @@ Row run_sparse_prefill_case(const SparsePrefillCase& cs, const RunOptions& opt) 
   const Context ctx{.num_threads = opt.threads};
   const double us = median_us(opt, [&] { flash_mla_sparse_fwd(args, ctx); });
 
-  // FlashMLA's counting (reference §7.2): T valid (query, key) pairs, N distinct valid rows.
-  double pairs = 0;
-  std::vector<bool> used(cs.kv_len, false);
-  for (int64_t s = 0; s < cs.q_len; ++s) {
-    const int64_t cols = args.topk_length.defined() ? data.topk_length.i32({s}) : cs.topk;
-    for (int64_t c = 0; c < cols; ++c) {
-      const int32_t t = data.indices.i32({s, 0, c});
-      if (t >= 0 && t < cs.kv_len) {
-        pairs += 1;
-        used[t] = true;
-      }
-    }
-  }
-  const double n_valid = static_cast<double>(std::count(used.begin(), used.end(), true));
-  const double d_v = 512, flops = 2.0 * pairs * cs.num_heads_q * (cs.d_qk + d_v);
-  const double bytes = n_valid * cs.d_qk * 2 + cs.q_len * cs.num_heads_q * (cs.d_qk + d_v) * 2;
+  const testing::Work work = testing::sparse_prefill_work(cs, data);  // FlashMLA's counting
+  const double flops = work.flops, bytes = work.bytes;
 
   Row row{.name = cs.name(), .us = us, .tflops = flops / us * 1e-6, .gbps = bytes / us * 1e-3};
   const int64_t k = std::min<int64_t>(opt.check, cs.q_len);
@@ -242,20 +203,9 @@ std::vector<Row> run_mha_case(const testing::MhaCase& cs, const RunOptions& opt)
   const double fwd_us = median_us(opt, [&] { flash_attn_varlen_fwd(args.fwd, ctx); });
   const double bwd_us = median_us(opt, [&] { flash_attn_varlen_bwd(args, ctx); });
 
-  // FlashMLA's counting (reference §7.2): A unmasked (q, k) pairs; forward A·h·2·(d + dv),
-  // backward A·h·2·(3d + 2dv). Bytes: q, k, v and out once (forward), plus dout, dq, dk, dv.
-  double pairs = 0;
-  for (int64_t i = 0; i < cs.batch; ++i) {
-    const int64_t s_q = data.q_lens[i], s_k = data.kv_lens[i];
-    for (int64_t r = 0; r < s_q; ++r) {
-      pairs += cs.causal ? std::clamp<int64_t>(r + 1 + s_k - s_q, 0, s_k) : s_k;
-    }
-  }
-  const double h = cs.num_heads_q, d = cs.d_qk, dv = cs.d_v;
-  const double tq = data.total_q(), tk = data.total_kv(), hk = cs.num_heads_kv;
-  const double fwd_flops = pairs * h * 2 * (d + dv), bwd_flops = pairs * h * 2 * (3 * d + 2 * dv);
-  const double fwd_bytes = 2 * (tq * h * (d + dv) + tk * hk * (d + dv));
-  const double bwd_bytes = 2 * fwd_bytes + 2 * tq * h * dv;
+  const testing::MhaWork work = testing::mha_work(cs, data);  // FlashMLA's counting
+  const double fwd_flops = work.fwd.flops, bwd_flops = work.bwd.flops;
+  const double fwd_bytes = work.fwd.bytes, bwd_bytes = work.bwd.bytes;
   Row fwd{.name = "fwd " + cs.name(), .us = fwd_us, .tflops = fwd_flops / fwd_us * 1e-6,
           .gbps = fwd_bytes / fwd_us * 1e-3};
   Row bwd{.name = "bwd " + cs.name(), .us = bwd_us, .tflops = bwd_flops / bwd_us * 1e-6,
