@@ -642,43 +642,54 @@ void qk_tokens(const void* packed_qt, int m, const void* const* tokens, int n, i
 // P is rounded to bf16 token pairs kPvRows rows at a time into a stack buffer (12 KiB).
 constexpr int kPvRows = 96;
 
-template <int R, int NV>
-inline void pv_block(const uint32_t* pb, uint32_t keys, const uint32_t* v, int ldv,
-                     __mmask16 tail, float* o, int ldo) {
+// out[r][16x..16x+15] += sum over the set bits k of `kmask` of the pair b[r * kBRow + k * kBK]
+// (broadcast) dotted with the pairs x[k * ldx + 16x ..], for R rows and NV vectors of 16
+// channels (the last one masked by `tail`): P·V over token pairs (pv) and Pᵀ·rows over row pairs
+// (pt) are both this block.
+template <int R, int NV, int kBRow, int kBK>
+inline void dot_block(const uint32_t* b, uint32_t kmask, const uint32_t* x, int ldx,
+                      __mmask16 tail, float* out, int ldo) {
   __m512 acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int x = 0; x < NV; ++x) {
-      acc[r][x] = x < NV - 1 ? _mm512_loadu_ps(o + r * ldo + 16 * x)
-                             : _mm512_maskz_loadu_ps(tail, o + r * ldo + 16 * x);
+    for (int v = 0; v < NV; ++v) {
+      acc[r][v] = v < NV - 1 ? _mm512_loadu_ps(out + r * ldo + 16 * v)
+                             : _mm512_maskz_loadu_ps(tail, out + r * ldo + 16 * v);
     }
   }
-  while (keys) {
-    const int t2 = __builtin_ctz(keys);
-    keys &= keys - 1;
-    const uint32_t* vt = v + static_cast<size_t>(t2) * ldv;
-    __m512i vx[NV];
+  while (kmask) {
+    const int k = __builtin_ctz(kmask);
+    kmask &= kmask - 1;
+    const uint32_t* xk = x + static_cast<size_t>(k) * ldx;
+    __m512i xv[NV];
 #pragma GCC unroll 4
-    for (int x = 0; x < NV; ++x) vx[x] = _mm512_load_si512(vt + 16 * x);  // padding lanes are 0
+    for (int v = 0; v < NV; ++v) xv[v] = _mm512_load_si512(xk + 16 * v);  // padding lanes are 0
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512i b = _mm512_set1_epi32(static_cast<int>(pb[r * kTokenPairs + t2]));
+      const __m512i bb = _mm512_set1_epi32(static_cast<int>(b[r * kBRow + k * kBK]));
 #pragma GCC unroll 4
-      for (int x = 0; x < NV; ++x) acc[r][x] = dot2(acc[r][x], vx[x], b);
+      for (int v = 0; v < NV; ++v) acc[r][v] = dot2(acc[r][v], xv[v], bb);
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int x = 0; x < NV; ++x) {
-      if (x < NV - 1) {
-        _mm512_storeu_ps(o + r * ldo + 16 * x, acc[r][x]);
+    for (int v = 0; v < NV; ++v) {
+      if (v < NV - 1) {
+        _mm512_storeu_ps(out + r * ldo + 16 * v, acc[r][v]);
       } else {
-        _mm512_mask_storeu_ps(o + r * ldo + 16 * x, tail, acc[r][x]);
+        _mm512_mask_storeu_ps(out + r * ldo + 16 * v, tail, acc[r][v]);
       }
     }
   }
+}
+
+// P·V rows: pb[r * kTokenPairs + t2] is row r's pair of probabilities for token pair t2.
+template <int R, int NV>
+inline void pv_block(const uint32_t* pb, uint32_t keys, const uint32_t* v, int ldv,
+                     __mmask16 tail, float* o, int ldo) {
+  dot_block<R, NV, kTokenPairs, 1>(pb, keys, v, ldv, tail, o, ldo);
 }
 
 template <int NV>
@@ -799,44 +810,11 @@ void pv(const float* p, int m, int n, const void* packed_v, int d, float* o) {
 // p[2i2+1][j]), 8 KiB on the stack.
 constexpr int kPtPairs = 32;
 
+// Pᵀ·rows for J keys: pp[i2 * kKvTile + jj] is key jj's pair of probabilities for row pair i2.
 template <int J, int NV>
 inline void pt_block(const uint32_t* pp, uint32_t rmask, const uint32_t* rows, int ldr,
                      __mmask16 tail, float* acc, int lda) {
-  __m512 a[J][NV];
-#pragma GCC unroll 8
-  for (int jj = 0; jj < J; ++jj) {
-#pragma GCC unroll 4
-    for (int x = 0; x < NV; ++x) {
-      a[jj][x] = x < NV - 1 ? _mm512_loadu_ps(acc + jj * lda + 16 * x)
-                            : _mm512_maskz_loadu_ps(tail, acc + jj * lda + 16 * x);
-    }
-  }
-  while (rmask) {
-    const int i2 = __builtin_ctz(rmask);
-    rmask &= rmask - 1;
-    const uint32_t* ri = rows + static_cast<size_t>(i2) * ldr;
-    const uint32_t* pi = pp + i2 * kKvTile;
-    __m512i rx[NV];
-#pragma GCC unroll 4
-    for (int x = 0; x < NV; ++x) rx[x] = _mm512_load_si512(ri + 16 * x);  // padding lanes are 0
-#pragma GCC unroll 8
-    for (int jj = 0; jj < J; ++jj) {
-      const __m512i b = _mm512_set1_epi32(static_cast<int>(pi[jj]));
-#pragma GCC unroll 4
-      for (int x = 0; x < NV; ++x) a[jj][x] = dot2(a[jj][x], rx[x], b);
-    }
-  }
-#pragma GCC unroll 8
-  for (int jj = 0; jj < J; ++jj) {
-#pragma GCC unroll 4
-    for (int x = 0; x < NV; ++x) {
-      if (x < NV - 1) {
-        _mm512_storeu_ps(acc + jj * lda + 16 * x, a[jj][x]);
-      } else {
-        _mm512_mask_storeu_ps(acc + jj * lda + 16 * x, tail, a[jj][x]);
-      }
-    }
-  }
+  dot_block<J, NV, 1, kKvTile>(pp, rmask, rows, ldr, tail, acc, lda);
 }
 
 // gm[g]: bit i2 set where row pair i2 has a non-zero probability for key 2g or 2g+1.
