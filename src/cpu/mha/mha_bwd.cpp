@@ -2,9 +2,9 @@
 // logits, P = exp(s - lse) recomputed tile by tile from the forward's lse:
 //   dV_j = Σ_i P_ij dO_i,  dP_ij = dO_i·V_j,  dS_ij = P_ij (dP_ij - D_i),  D_i = dO_i·O_i,
 //   dQ_i = scale Σ_j dS_ij K_j,  dK_j = scale Σ_i dS_ij Q_i.
-// Pass 1 computes D. Pass 2 owns one (KV tile, KV head) per task and sums over the group's
-// query heads and the query tiles that see the tile; pass 3 owns one (query tile, query head)
-// per task and sums over its KV tiles. No output is shared between tasks, so no atomics and no
+// Pass 1 computes D. Pass 2 owns up to kSuper KV tiles of one KV head per task and sums over the
+// group's query heads and the query tiles that see them; pass 3 owns up to kSuper query tiles of
+// one query head per task and sums over their KV tiles. No output is shared between tasks, so no atomics and no
 // order that depends on threads: dQ, dK and dV are bitwise reproducible. The price is that P
 // and dP are computed twice (7 tile products instead of 5).
 #include <algorithm>
@@ -49,32 +49,52 @@ RowStats row_stats(const core::MhaParams& p) {
   return r;
 }
 
-struct BwdScratch {
+// Tiles per task: a dK/dV task owns kSuper KV tiles, a dQ task kSuper query tiles, so that the
+// operands packed for one side are used by kSuper tiles of the other (packing Q and dO for
+// every KV tile, or K and V for every query tile, would cost as much as the products at small
+// head dims). Under causal, a (query tile, KV tile) pair that no row of the query tile can see
+// is skipped, exactly as with single tiles.
+constexpr int kSuper = 4;
+
+struct PackedQuery {  // one query tile of one head
   std::vector<unsigned char> q, dout;          // packed as left operands of qk
-  std::vector<unsigned char> q_rows, do_rows;  // packed as right operands of pt
-  std::vector<unsigned char> k, vt, kv;        // K and V for qk; K for pv
+  PackedQuery(const AttnMicrokernel& mk, int d_qk, int d_v)
+      : q(mk.packed_q_bytes(kRowTile, d_qk)), dout(mk.packed_q_bytes(kRowTile, d_v)) {}
+};
+struct PackedKv {  // one KV tile of one KV head
+  std::vector<unsigned char> k, vt;            // K and V as right operands of qk
+  PackedKv(const AttnMicrokernel& mk, int d_qk, int d_v)
+      : k(mk.packed_k_bytes(d_qk)), vt(mk.packed_k_bytes(d_v)) {}
+};
+
+struct BwdScratch {
+  std::vector<PackedQuery> qs;                 // kSuper query tiles (dQ) or one (dK/dV)
+  std::vector<PackedKv> kvs;                   // kSuper KV tiles (dK/dV) or one (dQ)
+  std::vector<unsigned char> q_rows, do_rows;  // Q and dO packed as right operands of pt
+  std::vector<unsigned char> kv;               // K packed as the right operand of pv
   std::vector<float> s, dp;                    // (kRowTile, kKvTile): P, then dP -> dS
-  std::vector<float> acc;                      // (kKvTile | kRowTile, d_qk): dK or dQ
-  std::vector<float> acc_v;                    // (kKvTile, d_v): dV
+  std::vector<float> acc;                      // (kSuper x (kKvTile | kRowTile), d_qk): dK | dQ
+  std::vector<float> acc_v;                    // (kSuper x kKvTile, d_v): dV
   std::vector<const void*> ptrs;
 
   BwdScratch(const AttnMicrokernel& mk, int d_qk, int d_v)
-      : q(mk.packed_q_bytes(kRowTile, d_qk)), dout(mk.packed_q_bytes(kRowTile, d_v)),
+      : qs(kSuper, PackedQuery(mk, d_qk, d_v)), kvs(kSuper, PackedKv(mk, d_qk, d_v)),
         q_rows(mk.packed_rows_bytes(kRowTile, d_qk)), do_rows(mk.packed_rows_bytes(kRowTile, d_v)),
-        k(mk.packed_k_bytes(d_qk)), vt(mk.packed_k_bytes(d_v)), kv(mk.packed_v_bytes(d_qk)),
-        s(static_cast<size_t>(kRowTile) * kKvTile), dp(static_cast<size_t>(kRowTile) * kKvTile),
-        acc(static_cast<size_t>(std::max(kRowTile, kKvTile)) * d_qk),
-        acc_v(static_cast<size_t>(kKvTile) * d_v), ptrs(std::max(kRowTile, kKvTile)) {}
+        kv(mk.packed_v_bytes(d_qk)), s(static_cast<size_t>(kRowTile) * kKvTile),
+        dp(static_cast<size_t>(kRowTile) * kKvTile),
+        acc(static_cast<size_t>(kSuper) * std::max(kRowTile, kKvTile) * d_qk),
+        acc_v(static_cast<size_t>(kSuper) * kKvTile * d_v), ptrs(std::max(kRowTile, kKvTile)) {}
 };
 
-// Rows [r0, r0 + m) of one sequence and head against a packed KV tile [j0, j0 + n): sc.s = P and
-// sc.dp = dS (both zero where a key is masked or past n).
+// Rows [r0, r0 + m) of one sequence and head (packed in pq) against a KV tile [j0, j0 + n)
+// (packed in pkv): sc.s = P and sc.dp = dS (both zero where a key is masked or past n).
 void probabilities_and_ds(const core::MhaParams& p, const AttnMicrokernel& mk, const Window& win,
                           const RowStats& rs, int64_t q0, int64_t r0, int m, int64_t h,
-                          int64_t j0, int n, BwdScratch& sc) {
+                          int64_t j0, int n, const PackedQuery& pq, const PackedKv& pkv,
+                          BwdScratch& sc) {
   const int d_qk = static_cast<int>(p.d_qk), d_v = static_cast<int>(p.d_v);
-  mk.qk(sc.q.data(), m, sc.k.data(), d_qk, p.scale_log2, sc.s.data());
-  mk.qk(sc.dout.data(), m, sc.vt.data(), d_v, 1.0f, sc.dp.data());
+  mk.qk(pq.q.data(), m, pkv.k.data(), d_qk, p.scale_log2, sc.s.data());
+  mk.qk(pq.dout.data(), m, pkv.vt.data(), d_v, 1.0f, sc.dp.data());
   const SoftmaxGradRowFn grad_row = active_softmax_grad_row();
   for (int i = 0; i < m; ++i) {
     const int64_t row = (q0 + r0 + i) * p.num_heads_q + h;
@@ -87,53 +107,62 @@ void probabilities_and_ds(const core::MhaParams& p, const AttnMicrokernel& mk, c
   }
 }
 
-// Packs rows [r0, r0 + m) of query head h: Q and dO as left operands of qk (and, with
-// `as_rows`, as right operands of pt).
+// Packs rows [r0, r0 + m) of query head h: Q and dO as left operands of qk into pq (and, with
+// `as_rows`, as right operands of pt into sc).
 void pack_query_rows(const core::MhaParams& p, const AttnMicrokernel& mk, int64_t q0, int m,
-                     int64_t h, bool as_rows, BwdScratch& sc) {
+                     int64_t h, bool as_rows, PackedQuery& pq, BwdScratch& sc) {
   const int d_qk = static_cast<int>(p.d_qk), d_v = static_cast<int>(p.d_v);
   gather(p.q + h * p.q_stride[1], q0, m, p.q_stride[0], sc.ptrs);
-  mk.pack_q(sc.ptrs.data(), m, DType::bf16, d_qk, sc.q.data());
+  mk.pack_q(sc.ptrs.data(), m, DType::bf16, d_qk, pq.q.data());
   if (as_rows) mk.pack_rows(sc.ptrs.data(), m, DType::bf16, d_qk, sc.q_rows.data());
   gather(p.dout + h * p.dout_stride[1], q0, m, p.dout_stride[0], sc.ptrs);
-  mk.pack_q(sc.ptrs.data(), m, DType::bf16, d_v, sc.dout.data());
+  mk.pack_q(sc.ptrs.data(), m, DType::bf16, d_v, pq.dout.data());
   if (as_rows) mk.pack_rows(sc.ptrs.data(), m, DType::bf16, d_v, sc.do_rows.data());
 }
 
-// Packs KV tokens [kv0, kv0 + n) of KV head hk: K and V as right operands of qk (and K as the
-// right operand of pv with `k_as_v`).
+// Packs KV tokens [kv0, kv0 + n) of KV head hk: K and V as right operands of qk into pkv (and K
+// as the right operand of pv into sc, with `k_as_v`).
 void pack_kv_tile(const core::MhaParams& p, const AttnMicrokernel& mk, int64_t kv0, int n,
-                  int64_t hk, bool k_as_v, BwdScratch& sc) {
+                  int64_t hk, bool k_as_v, PackedKv& pkv, BwdScratch& sc) {
   const int d_qk = static_cast<int>(p.d_qk), d_v = static_cast<int>(p.d_v);
   gather(p.k + hk * p.k_stride[1], kv0, n, p.k_stride[0], sc.ptrs);
-  mk.pack_k(sc.ptrs.data(), n, DType::bf16, d_qk, sc.k.data());
+  mk.pack_k(sc.ptrs.data(), n, DType::bf16, d_qk, pkv.k.data());
   if (k_as_v) mk.pack_v(sc.ptrs.data(), n, DType::bf16, d_qk, sc.kv.data());
   gather(p.v + hk * p.v_stride[1], kv0, n, p.v_stride[0], sc.ptrs);
-  mk.pack_k(sc.ptrs.data(), n, DType::bf16, d_v, sc.vt.data());
+  mk.pack_k(sc.ptrs.data(), n, DType::bf16, d_v, pkv.vt.data());
 }
 
-// dK and dV of KV tokens [tile.start, + tile.size) of KV head hk.
+// dK and dV of KV tokens [tile.start, + tile.size) (up to kSuper KV tiles) of KV head hk.
 void dkdv_task(const core::MhaParams& p, const AttnMicrokernel& mk, const RowStats& rs,
                const SeqTile& tile, int64_t hk, BwdScratch& sc) {
   const int d_qk = static_cast<int>(p.d_qk), d_v = static_cast<int>(p.d_v);
-  const int n = tile.size;
   const int64_t q0 = p.q_start[tile.seq], kv0 = p.kv_start[tile.seq] + tile.start;
   const int64_t s_q = p.q_len(tile.seq);
+  const int subs = (tile.size + kKvTile - 1) / kKvTile;
   const Window win(p, tile.seq);
-  pack_kv_tile(p, mk, kv0, n, hk, false, sc);
-  std::fill(sc.acc.begin(), sc.acc.begin() + static_cast<size_t>(kKvTile) * d_qk, 0.0f);
-  std::fill(sc.acc_v.begin(), sc.acc_v.end(), 0.0f);
+  for (int u = 0; u < subs; ++u) {
+    pack_kv_tile(p, mk, kv0 + u * kKvTile, std::min(kKvTile, tile.size - u * kKvTile), hk, false,
+                 sc.kvs[u], sc);
+  }
+  std::fill(sc.acc.begin(), sc.acc.begin() + static_cast<size_t>(tile.size) * d_qk, 0.0f);
+  std::fill(sc.acc_v.begin(), sc.acc_v.begin() + static_cast<size_t>(tile.size) * d_v, 0.0f);
 
   for (int64_t h = hk * p.group(); h < (hk + 1) * p.group(); ++h) {
     for (int64_t r0 = win.first_row(tile.start); r0 < s_q; r0 += kRowTile) {
       const int m = static_cast<int>(std::min<int64_t>(kRowTile, s_q - r0));
-      pack_query_rows(p, mk, q0 + r0, m, h, true, sc);
-      probabilities_and_ds(p, mk, win, rs, q0, r0, m, h, tile.start, n, sc);
-      mk.pt(sc.s.data(), m, sc.do_rows.data(), d_v, sc.acc_v.data());
-      mk.pt(sc.dp.data(), m, sc.q_rows.data(), d_qk, sc.acc.data());
+      pack_query_rows(p, mk, q0 + r0, m, h, true, sc.qs[0], sc);
+      for (int u = 0; u < subs; ++u) {
+        const int64_t j0 = tile.start + u * kKvTile;
+        if (win.end(r0 + m - 1) <= j0) break;  // no row of the query tile sees this KV tile
+        const int n = std::min(kKvTile, tile.size - u * kKvTile);
+        probabilities_and_ds(p, mk, win, rs, q0, r0, m, h, j0, n, sc.qs[0], sc.kvs[u], sc);
+        const size_t j = static_cast<size_t>(u) * kKvTile;
+        mk.pt(sc.s.data(), m, sc.do_rows.data(), d_v, sc.acc_v.data() + j * d_v);
+        mk.pt(sc.dp.data(), m, sc.q_rows.data(), d_qk, sc.acc.data() + j * d_qk);
+      }
     }
   }
-  for (int j = 0; j < n; ++j) {
+  for (int j = 0; j < tile.size; ++j) {
     decode::store_row(sc.acc.data() + static_cast<size_t>(j) * d_qk, p.scale, d_qk, DType::bf16,
                       p.dk + (kv0 + j) * p.dk_stride[0] + hk * p.dk_stride[1]);
     decode::store_row(sc.acc_v.data() + static_cast<size_t>(j) * d_v, 1.0f, d_v, DType::bf16,
@@ -141,24 +170,33 @@ void dkdv_task(const core::MhaParams& p, const AttnMicrokernel& mk, const RowSta
   }
 }
 
-// dQ of query rows [tile.start, + tile.size) of query head h.
+// dQ of query rows [tile.start, + tile.size) (up to kSuper query tiles) of query head h.
 void dq_task(const core::MhaParams& p, const AttnMicrokernel& mk, const RowStats& rs,
              const SeqTile& tile, int64_t h, BwdScratch& sc) {
   const int d_qk = static_cast<int>(p.d_qk);
-  const int m = tile.size;
   const int64_t q0 = p.q_start[tile.seq], kv0 = p.kv_start[tile.seq];
+  const int subs = (tile.size + kRowTile - 1) / kRowTile;
   const Window win(p, tile.seq);
-  pack_query_rows(p, mk, q0 + tile.start, m, h, false, sc);
-  std::fill(sc.acc.begin(), sc.acc.begin() + static_cast<size_t>(m) * d_qk, 0.0f);
+  for (int u = 0; u < subs; ++u) {
+    pack_query_rows(p, mk, q0 + tile.start + u * kRowTile,
+                    std::min(kRowTile, tile.size - u * kRowTile), h, false, sc.qs[u], sc);
+  }
+  std::fill(sc.acc.begin(), sc.acc.begin() + static_cast<size_t>(tile.size) * d_qk, 0.0f);
 
-  const int64_t kv_end = win.end(tile.start + m - 1);
+  const int64_t kv_end = win.end(tile.start + tile.size - 1);
   for (int64_t j0 = 0; j0 < kv_end; j0 += kKvTile) {
     const int n = static_cast<int>(std::min<int64_t>(kKvTile, kv_end - j0));
-    pack_kv_tile(p, mk, kv0 + j0, n, h / p.group(), true, sc);
-    probabilities_and_ds(p, mk, win, rs, q0, tile.start, m, h, j0, n, sc);
-    mk.pv(sc.dp.data(), m, n, sc.kv.data(), d_qk, sc.acc.data());
+    pack_kv_tile(p, mk, kv0 + j0, n, h / p.group(), true, sc.kvs[0], sc);
+    for (int u = 0; u < subs; ++u) {
+      const int64_t r0 = tile.start + u * kRowTile;
+      const int m = std::min(kRowTile, tile.size - u * kRowTile);
+      if (win.end(r0 + m - 1) <= j0) continue;  // no row of this query tile sees the KV tile
+      probabilities_and_ds(p, mk, win, rs, q0, r0, m, h, j0, n, sc.qs[u], sc.kvs[0], sc);
+      mk.pv(sc.dp.data(), m, n, sc.kv.data(), d_qk,
+            sc.acc.data() + static_cast<size_t>(u) * kRowTile * d_qk);
+    }
   }
-  for (int i = 0; i < m; ++i) {
+  for (int i = 0; i < tile.size; ++i) {
     decode::store_row(sc.acc.data() + static_cast<size_t>(i) * d_qk, p.scale, d_qk, DType::bf16,
                       p.dq + (q0 + tile.start + i) * p.dq_stride[0] + h * p.dq_stride[1]);
   }
@@ -169,8 +207,8 @@ void dq_task(const core::MhaParams& p, const AttnMicrokernel& mk, const RowStats
 void run_mha_bwd(const core::MhaParams& p) {
   const AttnMicrokernel& mk = active_microkernel();
   const RowStats rs = row_stats(p);
-  const std::vector<SeqTile> kv_tiles = seq_tiles(p.kv_start, kKvTile);
-  const std::vector<SeqTile> q_tiles = seq_tiles(p.q_start, kRowTile);
+  const std::vector<SeqTile> kv_tiles = seq_tiles(p.kv_start, kSuper * kKvTile);
+  const std::vector<SeqTile> q_tiles = seq_tiles(p.q_start, kSuper * kRowTile);
   const int64_t kv_tasks = static_cast<int64_t>(kv_tiles.size()) * p.num_heads_kv;
   const int64_t q_tasks = static_cast<int64_t>(q_tiles.size()) * p.num_heads_q;
 #pragma omp parallel num_threads(p.num_threads) if (kv_tasks + q_tasks > 1)
