@@ -12,7 +12,10 @@ namespace flashmla::cpu {
 namespace {
 
 TEST(Isa, NamesRoundTrip) {
-  for (Isa isa : {Isa::portable, Isa::avx512, Isa::avx512bf16}) EXPECT_EQ(isa_from_name(isa_name(isa)), isa);
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512, Isa::avx512bf16}) {
+    EXPECT_EQ(isa_from_name(isa_name(isa)), isa);
+  }
+  EXPECT_STREQ(isa_name(Isa::avx2), "avx2");
   EXPECT_FALSE(isa_from_name("avx1024").has_value());
   EXPECT_FALSE(isa_from_name("").has_value());
 }
@@ -21,7 +24,11 @@ TEST(Isa, DetectionMatchesCpuid) {
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
-  EXPECT_EQ(detected_isa(), bf16 ? Isa::avx512bf16 : avx512 ? Isa::avx512 : Isa::portable);
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  EXPECT_EQ(detected_isa(), bf16     ? Isa::avx512bf16
+                            : avx512 ? Isa::avx512
+                            : avx2   ? Isa::avx2
+                                     : Isa::portable);
 }
 
 // The active level is the detected one capped by FLASHMLA_ISA (ctest runs this suite with and
@@ -42,7 +49,9 @@ TEST(Isa, ActiveIsDetectedCappedByEnvironment) {
 TEST(Isa, Fp16OperandsKeepFp32Products) {
   const std::string name = active_microkernel(DType::fp16).name;
   EXPECT_NE(name, "avx512bf16");
-  EXPECT_EQ(name, active_isa() >= Isa::avx512 ? "avx512" : "portable");
+  EXPECT_EQ(name, active_isa() >= Isa::avx512 ? "avx512"
+                  : active_isa() == Isa::avx2 ? "avx2"
+                                              : "portable");
 }
 
 }  // namespace

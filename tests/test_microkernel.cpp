@@ -1,5 +1,5 @@
-// Every AttnMicrokernel available on this machine (portable everywhere, AVX-512 and AVX512-BF16
-// where CPUID has them) against plain double-precision products on random data: packing of
+// Every AttnMicrokernel available on this machine (portable everywhere, AVX2/FMA, AVX-512 and
+// AVX512-BF16 where CPUID has them) against plain double-precision products on random data: packing of
 // bf16 / fp16 / fp32 rows and tokens, qk (with its scale), pv and pt (accumulating with +=), the
 // optional token-major qk_tokens on unpacked bf16 tokens, the zero-filled token slots
 // n..kKvTile-1, exact conversion of every 16-bit pattern, and the p == 0
@@ -40,6 +40,11 @@ bool has_avx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+bool has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
 bool has_avx512bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
@@ -168,7 +173,10 @@ constexpr DType kTypes[] = {DType::bf16, DType::fp16, DType::fp32};
 class Microkernel : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    if (GetParam() == "avx512") {
+    if (GetParam() == "avx2") {
+      if (!has_avx2()) GTEST_SKIP() << "no AVX2 + FMA on this CPU";
+      mk_ = &avx2_microkernel();
+    } else if (GetParam() == "avx512") {
       if (!has_avx512()) GTEST_SKIP() << "no AVX-512F/BW/VL/DQ on this CPU";
       mk_ = &avx512_microkernel();
     } else if (GetParam() == "avx512bf16") {
@@ -588,13 +596,14 @@ TEST_P(Microkernel, ZeroProbabilityKeepsNonFiniteOut) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(All, Microkernel, ::testing::Values("portable", "avx512", "avx512bf16"),
+INSTANTIATE_TEST_SUITE_P(All, Microkernel, ::testing::Values("portable", "avx2", "avx512", "avx512bf16"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });
 
 TEST(MicrokernelTable, Names) {
   EXPECT_STREQ(portable_microkernel().name, "portable");
+  EXPECT_STREQ(avx2_microkernel().name, "avx2");
   EXPECT_STREQ(avx512_microkernel().name, "avx512");  // the table itself is safe to read anywhere
   EXPECT_STREQ(avx512bf16_microkernel().name, "avx512bf16");
 }

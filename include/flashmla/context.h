@@ -16,10 +16,11 @@ struct Context {
 // Number of CPU worker threads a call with this context uses.
 int resolved_num_threads(const Context& ctx);
 
-// The CPU microkernel bf16 (and FP8) operands use in this process ("avx512bf16", "avx512" or
-// "portable"): the best one CPUID and the OS support, capped by the environment variable
-// FLASHMLA_ISA ("portable", "avx512", "avx512bf16"; unset or "native" = no cap). Chosen once,
-// on first use. fp16 operands never use "avx512bf16" (see docs/conventions.md §11).
+// The CPU microkernel bf16 (and FP8) operands use in this process ("avx512bf16", "avx512",
+// "avx2" or "portable"): the best one CPUID and the OS support, capped by the environment
+// variable FLASHMLA_ISA ("portable", "avx2", "avx512", "avx512bf16"; unset or "native" = no
+// cap). Chosen once, on first use. fp16 operands never use "avx512bf16" (docs/conventions.md
+// §11).
 const char* cpu_microkernel_name();
 
 }  // namespace flashmla

@@ -13,6 +13,7 @@ namespace flashmla::cpu {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
     case Isa::avx512bf16: return "avx512bf16";
     default: return "portable";
@@ -20,7 +21,7 @@ const char* isa_name(Isa isa) {
 }
 
 std::optional<Isa> isa_from_name(std::string_view name) {
-  for (Isa isa : {Isa::portable, Isa::avx512, Isa::avx512bf16}) {
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512, Isa::avx512bf16}) {
     if (name == isa_name(isa)) return isa;
   }
   return std::nullopt;
@@ -33,6 +34,8 @@ Isa detected_isa() {
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
     return __builtin_cpu_supports("avx512bf16") ? Isa::avx512bf16 : Isa::avx512;
   }
+  // The same probe checks that the OS saves the AVX (ymm) state.
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
 #endif
   return Isa::portable;
 }
@@ -46,8 +49,8 @@ Isa active_isa() {
       if (std::optional<Isa> cap = isa_from_name(env)) {
         chosen = *cap < best ? *cap : best;
       } else {
-        std::fprintf(stderr, "flashmla: ignoring FLASHMLA_ISA=%s (expected portable, avx512, "
-                             "avx512bf16 or native)\n", env);
+        std::fprintf(stderr, "flashmla: ignoring FLASHMLA_ISA=%s (expected portable, avx2, "
+                             "avx512, avx512bf16 or native)\n", env);
       }
     }
     if (const char* log = std::getenv("FLASHMLA_LOG"); log && std::string_view(log) == "debug") {
@@ -66,6 +69,7 @@ const AttnMicrokernel& active_microkernel(DType operands) {
       // fp32 products (this CPU has no AVX512-FP16).
       return operands == DType::fp16 ? avx512_microkernel() : avx512bf16_microkernel();
     case Isa::avx512: return avx512_microkernel();
+    case Isa::avx2: return avx2_microkernel();
     default: return portable_microkernel();
   }
 }

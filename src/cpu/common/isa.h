@@ -10,6 +10,7 @@ namespace flashmla::cpu {
 // In increasing order of capability; a cap admits every level up to it.
 enum class Isa {
   portable,    // plain C++ for the baseline x86-64 (or any other CPU)
+  avx2,        // AVX2 + FMA (256-bit): fp32 products
   avx512,      // AVX-512 F/BW/VL/DQ: fp32 products
   avx512bf16,  // + AVX512-BF16: bf16 products (vdpbf16ps), fp32 accumulation
 };

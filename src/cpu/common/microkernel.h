@@ -66,6 +66,9 @@ struct AttnMicrokernel {
 
 // The portable microkernel: fp32 operands, plain loops that any compiler vectorises.
 const AttnMicrokernel& portable_microkernel();
+// AVX2/FMA fp32 microkernel, register-blocked (for CPUs without AVX-512). Call only where the
+// CPU has AVX2 and FMA.
+const AttnMicrokernel& avx2_microkernel();
 // AVX-512 (F/BW/VL/DQ) fp32 microkernel, register-blocked. Call only where the CPU has it.
 const AttnMicrokernel& avx512_microkernel();
 // AVX512-BF16 microkernel: bf16 operands and P, fp32 accumulation. Also needs AVX512_BF16.
