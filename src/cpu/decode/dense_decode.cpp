@@ -18,6 +18,7 @@
 #include "cpu/common/kv_codec.h"
 #include "cpu/common/microkernel.h"
 #include "cpu/common/online_softmax.h"
+#include "cpu/common/prefetch.h"
 #include "cpu/decode/combine.h"
 #include "cpu/decode/store.h"
 
@@ -83,13 +84,7 @@ class DenseDecodeDriver {
   // streams at once for the hardware prefetchers).
   void prefetch_tokens(const Piece& pc, int64_t t0, int64_t t1) const {
     const int64_t bytes = p_.kv_fp8_v32 ? 656 : p_.d_qk * static_cast<int64_t>(kv_elem_);
-    for (int64_t t = t0; t < t1; ++t) {
-      const char* token = static_cast<const char*>(token_ptr(pc.req, pc.kv_head, t));
-      // One real load first: a software prefetch that misses the TLB may be dropped (4 KiB
-      // pages; a page block spans many); the load walks the page table.
-      (void)*static_cast<const volatile char*>(token);
-      for (int64_t b = 64; b < bytes; b += 64) __builtin_prefetch(token + b, 0, 2);
-    }
+    for (int64_t t = t0; t < t1; ++t) prefetch_to_l2(token_ptr(pc.req, pc.kv_head, t), bytes);
   }
 
   void run_piece(const Piece& pc, AttnScratch& sc) const {

@@ -15,6 +15,7 @@
 #include "cpu/common/kv_codec.h"
 #include "cpu/common/microkernel.h"
 #include "cpu/common/online_softmax.h"
+#include "cpu/common/prefetch.h"
 #include "cpu/decode/combine.h"
 #include "cpu/decode/store.h"
 
@@ -27,6 +28,18 @@ using core::SparseKvPool;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int kMaxRowTile = 128;
 
+KvFormat fp8_format(KvCacheKind kind) {
+  return kind == KvCacheKind::fp8_v32 ? KvFormat::v32 : KvFormat::model1;
+}
+
+// Where cache slot v of a pool lives: a bf16 row (values; no scales), or an FP8 token.
+KvTokenBytes slot_bytes(const SparseKvPool& pool, int32_t v) {
+  const int64_t blk = v / pool.page_block_size, off = v % pool.page_block_size;
+  auto* block = const_cast<uint8_t*>(pool.data + blk * pool.block_stride_bytes);
+  if (pool.kind == KvCacheKind::bf16) return {block + off * pool.token_stride_bytes, nullptr};
+  return kv_token_bytes(fp8_format(pool.kind), block, pool.page_block_size, off);
+}
+
 // Gathers the valid in-length entries of columns [c0, c1) of one query token's list into
 // sc.tokens (bf16 rows); returns how many.
 int gather(const SparseKvPool& pool, const int32_t* row, int64_t c0, int64_t c1, int d_qk,
@@ -35,19 +48,34 @@ int gather(const SparseKvPool& pool, const int32_t* row, int64_t c0, int64_t c1,
   for (int64_t col = c0; col < c1; ++col) {
     const int32_t v = row[col];
     if (v == -1) continue;
-    const int64_t blk = v / pool.page_block_size, off = v % pool.page_block_size;
-    const uint8_t* block = pool.data + blk * pool.block_stride_bytes;
+    const KvTokenBytes t = slot_bytes(pool, v);
     if (pool.kind == KvCacheKind::bf16) {
-      sc.tokens[n++] = block + off * pool.token_stride_bytes;
+      sc.tokens[n++] = t.values;
       continue;
     }
-    const KvFormat format = pool.kind == KvCacheKind::fp8_v32 ? KvFormat::v32 : KvFormat::model1;
     uint16_t* dst = sc.staging.data() + static_cast<size_t>(n) * d_qk;
-    dequant(format, kv_token_bytes(format, const_cast<uint8_t*>(block), pool.page_block_size, off),
-            dst);
+    dequant(fp8_format(pool.kind), t, dst);
     sc.tokens[n++] = dst;
   }
   return n;
+}
+
+// Asks for the valid tokens of columns [c0, c1) in L2 ahead of their gather: the indices are
+// random, so no hardware prefetcher can.
+void prefetch(const SparseKvPool& pool, const int32_t* row, int64_t c0, int64_t c1) {
+  for (int64_t col = c0; col < c1; ++col) {
+    const int32_t v = row[col];
+    if (v == -1) continue;
+    const KvTokenBytes t = slot_bytes(pool, v);
+    if (pool.kind == KvCacheKind::bf16) {
+      prefetch_to_l2(t.values, pool.token_stride_bytes);
+    } else if (pool.kind == KvCacheKind::fp8_v32) {
+      prefetch_to_l2(t.values, 656);
+    } else {
+      prefetch_to_l2(t.values, 576);
+      prefetch_to_l2(t.scales, 8);
+    }
+  }
 }
 
 class SparseDecodeDriver {
@@ -103,38 +131,6 @@ class SparseDecodeDriver {
             std::min(c0 + kKvTile, length(pool, r))};
   }
 
-  // Asks for the valid tokens of a block in L2 ahead of their gather: the indices are random,
-  // so no hardware prefetcher can.
-  static void prefetch(const BlockColumns& bc) {
-    const SparseKvPool& pool = *bc.pool;
-    for (int64_t col = bc.c0; col < bc.c1; ++col) {
-      const int32_t v = bc.row[col];
-      if (v == -1) continue;
-      const int64_t blk = v / pool.page_block_size, off = v % pool.page_block_size;
-      const uint8_t* block = pool.data + blk * pool.block_stride_bytes;
-      if (pool.kind == KvCacheKind::bf16) {
-        prefetch_bytes(block + off * pool.token_stride_bytes, pool.token_stride_bytes);
-        continue;
-      }
-      const KvFormat format = pool.kind == KvCacheKind::fp8_v32 ? KvFormat::v32 : KvFormat::model1;
-      const KvTokenBytes t =
-          kv_token_bytes(format, const_cast<uint8_t*>(block), pool.page_block_size, off);
-      if (format == KvFormat::v32) {
-        prefetch_bytes(t.values, 656);
-      } else {
-        prefetch_bytes(t.values, 576);
-        prefetch_bytes(t.scales, 8);
-      }
-    }
-  }
-  static void prefetch_bytes(const uint8_t* p, int64_t bytes) {
-    // One real load first: a software prefetch that misses the TLB may be dropped, and random
-    // tokens in a large cache (4 KiB pages) mostly do; the load walks the page table.
-    (void)*static_cast<const volatile uint8_t*>(p);
-    for (int64_t b = 64; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 2);
-    __builtin_prefetch(p + bytes - 1, 0, 2);  // rows are not line-aligned
-  }
-
   void run_piece(int64_t r, int64_t s, int64_t h0, int nh, int64_t blk0, int64_t blk1,
                  bool split, int64_t slot, AttnScratch& sc) const {
     const int d_qk = static_cast<int>(p_.d_qk), d_v = static_cast<int>(p_.d_v);
@@ -148,7 +144,10 @@ class SparseDecodeDriver {
 
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const BlockColumns bc = block_columns(r, s, blk);
-      if (blk + 1 < blk1) prefetch(block_columns(r, s, blk + 1));  // overlaps this block's work
+      if (blk + 1 < blk1) {  // overlaps this block's work
+        const BlockColumns next = block_columns(r, s, blk + 1);
+        prefetch(*next.pool, next.row, next.c0, next.c1);
+      }
       const int n = gather(*bc.pool, bc.row, bc.c0, bc.c1, d_qk, dequant_, sc);
       if (n == 0) continue;
       mk_.pack_kv(sc.tokens.data(), n, DType::bf16, d_qk, d_v, sc.k.data(), sc.v.data());
