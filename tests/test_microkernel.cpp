@@ -1,5 +1,6 @@
-// Every AttnMicrokernel available on this machine (portable everywhere, AVX2/FMA, AVX-512 and
-// AVX512-BF16 where CPUID has them) against plain double-precision products on random data: packing of
+// Every AttnMicrokernel available on this machine (portable everywhere; AVX2/FMA, AVX-512,
+// AVX512-BF16 and AMX where CPUID has them; the AMX kernel on the tile emulation wherever
+// AVX512-BF16 is) against plain double-precision products on random data: packing of
 // bf16 / fp16 / fp32 rows and tokens, qk (with its scale), pv and pt (accumulating with +=), the
 // optional token-major qk_tokens on unpacked bf16 tokens, the zero-filled token slots
 // n..kKvTile-1, exact conversion of every 16-bit pattern, and the p == 0
@@ -7,7 +8,7 @@
 // are private to each microkernel, so packing is only observed through the products.
 //
 // Error model. The fp32 kernels multiply the given values; the bf16 kernel multiplies them
-// rounded to bf16 (and P rounded to bf16 in pv / pt), exactly, so its double reference is
+// rounded to bf16 (and P rounded to bf16 in pv / pt), exactly (the AMX kernel likewise), so its double reference is
 // computed on the rounded values (`op` below). Both accumulate in fp32, so the tolerance is the
 // same fp32 accumulation bound (terms + 4) * 2^-24 * sum |terms| for every kernel.
 #include <gtest/gtest.h>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "cpu/common/half.h"
+#include "cpu/common/isa.h"
 #include "cpu/common/microkernel.h"
 
 namespace flashmla::cpu {
@@ -182,6 +184,14 @@ class Microkernel : public ::testing::TestWithParam<std::string> {
     } else if (GetParam() == "avx512bf16") {
       if (!has_avx512bf16()) GTEST_SKIP() << "no AVX-512F/BW/VL/DQ + AVX512_BF16 on this CPU";
       mk_ = &avx512bf16_microkernel();
+      bf16_ = true;
+    } else if (GetParam() == "amx_emulated") {
+      if (!has_avx512bf16()) GTEST_SKIP() << "no AVX-512F/BW/VL/DQ + AVX512_BF16 on this CPU";
+      mk_ = &amx_emulated_microkernel();
+      bf16_ = true;
+    } else if (GetParam() == "amx") {
+      if (detected_isa() != Isa::amx) GTEST_SKIP() << "no AMX-BF16 (with the OS's permission)";
+      mk_ = &amx_microkernel();
       bf16_ = true;
     } else {
       mk_ = &portable_microkernel();
@@ -596,7 +606,8 @@ TEST_P(Microkernel, ZeroProbabilityKeepsNonFiniteOut) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(All, Microkernel, ::testing::Values("portable", "avx2", "avx512", "avx512bf16"),
+INSTANTIATE_TEST_SUITE_P(All, Microkernel, ::testing::Values("portable", "avx2", "avx512", "avx512bf16",
+                                                           "amx_emulated", "amx"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });
@@ -606,6 +617,8 @@ TEST(MicrokernelTable, Names) {
   EXPECT_STREQ(avx2_microkernel().name, "avx2");
   EXPECT_STREQ(avx512_microkernel().name, "avx512");  // the table itself is safe to read anywhere
   EXPECT_STREQ(avx512bf16_microkernel().name, "avx512bf16");
+  EXPECT_STREQ(amx_microkernel().name, "amx");
+  EXPECT_STREQ(amx_emulated_microkernel().name, "amx-emulated");
 }
 
 }  // namespace

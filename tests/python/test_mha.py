@@ -104,7 +104,7 @@ def test_mha_sharp_softmax(fm, rng, h_kv):
     """Large logits (q = randn, softmax_scale 3): a peaked softmax, forward and backward. Here
     the reference follows the documented FlashAttention-2 numerics, which the cancellations of
     a peaked softmax make visible: D = rowsum(dout * out) from the bf16 out given to the
-    backward, and, where the process runs the avx512bf16 microkernel, P and dS rounded to bf16
+    backward, and, where the process runs a bf16 microkernel (avx512bf16, amx), P and dS rounded to bf16
     before their products (conventions §10, §11); exact values differ by more than the
     tolerance."""
     q, k, v, dout, cu_q, cu_k, mq, mk = make_mha_case(rng, 2, 40, 70, 4, h_kv, 128, 128, True)
@@ -115,7 +115,7 @@ def test_mha_sharp_softmax(fm, rng, h_kv):
     grads = fm.flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, mq, mk,
                                           softmax_scale=3.0, causal=True)
     check_grads(*grads, q, k, v, dout, cu_q, cu_k, 3.0, True, out_for_d=to_np(out),
-                bf16_products=fm._C.cpu_microkernel_name() == "avx512bf16")
+                bf16_products=fm._C.cpu_microkernel_name() in ("avx512bf16", "amx", "amx-emulated"))
 
 
 def test_mha_default_scale_and_no_grad(fm, rng):

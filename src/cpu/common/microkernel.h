@@ -74,6 +74,14 @@ const AttnMicrokernel& avx512_microkernel();
 // AVX512-BF16 microkernel: bf16 operands and P, fp32 accumulation. Also needs AVX512_BF16.
 const AttnMicrokernel& avx512bf16_microkernel();
 
+// AMX-BF16 microkernel: both products on AMX tiles (TDPBF16PS), numerics and packing of
+// avx512bf16. Call only where CPUID has AMX-TILE, AMX-BF16 and the avx512bf16 level and the OS
+// has granted this process the tile state (isa.cpp does both).
+const AttnMicrokernel& amx_microkernel();
+// The same kernel source on a software model of the tile instructions (amx_tiles.h), for
+// testing it on CPUs without AMX (needs the avx512bf16 level). Slow: for tests only.
+const AttnMicrokernel& amx_emulated_microkernel();
+
 // The microkernel of this process for operands of `operands` (bf16, or FP8 dequantised to bf16;
 // fp16): chosen from the ISA level picked once from CPUID and capped by FLASHMLA_ISA
 // (src/cpu/common/isa.cpp). Every driver uses it.

@@ -64,6 +64,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/common/bf16_pair_layout.h"
 #include "cpu/common/microkernel.h"
 
 namespace flashmla::cpu {
@@ -71,16 +72,7 @@ namespace {
 
 // ---- packed buffers: header and sizes (plain C++, callable on any machine) ----
 
-struct PackHeader {
-  uint32_t offset;     // bytes from the buffer's start to the 64-byte aligned data
-  uint32_t nonfinite;  // V / rows: some packed value is inf or NaN
-};
-constexpr size_t kHeaderBytes = 128;  // the header plus up to 63 bytes of alignment
-constexpr uintptr_t kAlign = 64;
-constexpr int kTokenPairs = kKvTile / 2;
-
-inline int pairs(int d) { return (d + 1) / 2; }
-inline int padded(int d) { return (d + 15) & ~15; }
+using namespace bf16_pairs;  // PackHeader, pairs(), padded(), ...
 
 size_t packed_q_bytes(int m, int d) {
   return sizeof(uint32_t) * static_cast<size_t>(m) * pairs(d);
@@ -111,16 +103,6 @@ uint32_t* begin_packing(void* base) {
 void set_nonfinite(void* base, bool nonfinite) {
   const uint32_t flag = nonfinite ? 1u : 0u;
   std::memcpy(static_cast<char*>(base) + offsetof(PackHeader, nonfinite), &flag, sizeof flag);
-}
-
-PackHeader header_of(const void* base) {
-  PackHeader h;
-  std::memcpy(&h, base, sizeof h);
-  return h;
-}
-
-const uint32_t* data_of(const void* base, const PackHeader& h) {
-  return reinterpret_cast<const uint32_t*>(static_cast<const char*>(base) + h.offset);
 }
 
 }  // namespace
