@@ -54,11 +54,12 @@ void split_pairs(const unsigned char* row, int count, float* even, float* odd) {
 }
 
 // The arithmetic of TDPBF16PS on tile data (rows of dst / src1, k_pairs bf16 pairs per src1 row
-// = rows of src2, n_out fp32 per dst row). Cloned for AVX-512 where the CPU has it, since the
-// emulation runs whole kernel test suites.
-__attribute__((target_clones("avx512f", "default")))
-void dot_rows(int rows, int k_pairs, int n_out, const unsigned char (*a)[kMaxColsb],
-              const unsigned char (*b)[kMaxColsb], unsigned char (*c)[kMaxColsb]) {
+// = rows of src2, n_out fp32 per dst row). Inlined into a plain and an AVX-512 copy (dot_rows
+// picks one), since the emulation runs whole kernel test suites. (Not target_clones: its ifunc
+// resolver runs before the sanitizers' runtimes are up.)
+__attribute__((always_inline)) inline void dot_rows_body(
+    int rows, int k_pairs, int n_out, const unsigned char (*a)[kMaxColsb],
+    const unsigned char (*b)[kMaxColsb], unsigned char (*c)[kMaxColsb]) {
   float b_even[kMaxRows][16] = {}, b_odd[kMaxRows][16] = {};
   for (int k = 0; k < k_pairs; ++k) split_pairs(b[k], n_out, b_even[k], b_odd[k]);
   for (int m = 0; m < rows; ++m) {
@@ -78,6 +79,23 @@ void dot_rows(int rows, int k_pairs, int n_out, const unsigned char (*a)[kMaxCol
       std::memcpy(c[m] + 4 * n, &acc, 4);
     }
   }
+}
+
+__attribute__((target("avx512f"))) void dot_rows_avx512(
+    int rows, int k_pairs, int n_out, const unsigned char (*a)[kMaxColsb],
+    const unsigned char (*b)[kMaxColsb], unsigned char (*c)[kMaxColsb]) {
+  dot_rows_body(rows, k_pairs, n_out, a, b, c);
+}
+
+void dot_rows_plain(int rows, int k_pairs, int n_out, const unsigned char (*a)[kMaxColsb],
+                    const unsigned char (*b)[kMaxColsb], unsigned char (*c)[kMaxColsb]) {
+  dot_rows_body(rows, k_pairs, n_out, a, b, c);
+}
+
+void dot_rows(int rows, int k_pairs, int n_out, const unsigned char (*a)[kMaxColsb],
+              const unsigned char (*b)[kMaxColsb], unsigned char (*c)[kMaxColsb]) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  (avx512 ? dot_rows_avx512 : dot_rows_plain)(rows, k_pairs, n_out, a, b, c);
 }
 
 }  // namespace

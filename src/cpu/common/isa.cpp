@@ -4,6 +4,9 @@
 #include <cstdlib>
 #include <string>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 #if defined(__linux__) && defined(__x86_64__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -35,6 +38,18 @@ std::optional<Isa> isa_from_name(std::string_view name) {
 
 namespace {
 
+// CPUID.(EAX=7, ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE (read directly: not every compiler's
+// __builtin_cpu_supports knows them).
+bool cpu_has_amx_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  return (edx >> 22 & 1u) != 0 && (edx >> 24 & 1u) != 0;
+#else
+  return false;
+#endif
+}
+
 // Linux enables the AMX tile data state per process, on request (since 5.16): without it the
 // first tile instruction faults. Returns whether the state is granted.
 bool amx_permitted() {
@@ -55,8 +70,7 @@ Isa detected_isa() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
     if (!__builtin_cpu_supports("avx512bf16")) return Isa::avx512;
-    if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
-        amx_permitted()) {
+    if (cpu_has_amx_bf16() && amx_permitted()) {
       return Isa::amx;
     }
     return Isa::avx512bf16;

@@ -11,14 +11,16 @@
 #include "cpu/common/fp8.h"
 #include "cpu/common/half.h"
 #include "cpu/common/kv_codec.h"
+#include "cpu/common/target.h"
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+FLASHMLA_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq")
 // GCC 12 reports its own intrinsics' `_mm512_undefined_*()` operands as maybe uninitialised when
 // they are inlined (as in microkernel_avx512.cpp).
 #pragma GCC diagnostic push
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 
 namespace flashmla::cpu {
 namespace {
@@ -79,4 +81,4 @@ void dequantize_kv_token_avx512(KvFormat format, KvTokenBytes src, uint16_t* k) 
 }  // namespace flashmla::cpu
 
 #pragma GCC diagnostic pop
-#pragma GCC pop_options
+FLASHMLA_TARGET_END

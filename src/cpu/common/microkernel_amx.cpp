@@ -34,6 +34,7 @@
 #include "cpu/common/amx_tiles.h"
 #include "cpu/common/bf16_pair_layout.h"
 #include "cpu/common/microkernel.h"
+#include "cpu/common/target.h"
 
 namespace flashmla::cpu {
 namespace {
@@ -170,11 +171,12 @@ inline void for_groups(int groups, F&& f) {
   if (groups > 3) f(std::integral_constant<int, 3>{});
 }
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+FLASHMLA_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 #pragma GCC diagnostic push
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 
 inline __mmask16 lane_mask(int count) {  // the first min(max(count, 0), 16) lanes
   return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
@@ -335,7 +337,7 @@ void pt_t(const float* p, int m, const void* packed_rows, int d, float* acc) {
 }
 
 #pragma GCC diagnostic pop
-#pragma GCC pop_options
+FLASHMLA_TARGET_END
 
 template <class Tiles>
 AttnMicrokernel make_kernel(const char* name) {

@@ -66,6 +66,7 @@
 
 #include "cpu/common/bf16_pair_layout.h"
 #include "cpu/common/microkernel.h"
+#include "cpu/common/target.h"
 
 namespace flashmla::cpu {
 namespace {
@@ -107,13 +108,14 @@ void set_nonfinite(void* base, bool nonfinite) {
 
 }  // namespace
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+FLASHMLA_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 // GCC 12 reports its own intrinsics' `_mm512_undefined_*()` (self-initialised) operands as maybe
 // uninitialised when they are inlined here; the warnings are about the header, not this code.
 #pragma GCC diagnostic push
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 
 namespace {
 
@@ -897,7 +899,7 @@ void pt(const float* p, int m, const void* packed_rows, int d, float* acc) {
 }  // namespace
 
 #pragma GCC diagnostic pop
-#pragma GCC pop_options
+FLASHMLA_TARGET_END
 
 const AttnMicrokernel& avx512bf16_microkernel() {
   static const AttnMicrokernel k{

@@ -11,14 +11,16 @@
 #include <limits>
 
 #include "cpu/common/online_softmax.h"
+#include "cpu/common/target.h"
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
+FLASHMLA_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,fma")
 // GCC 12 reports its own intrinsics' `_mm512_undefined_*()` operands as maybe uninitialised when
 // they are inlined (as in microkernel_avx512.cpp).
 #pragma GCC diagnostic push
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 
 namespace flashmla::cpu {
 namespace {
@@ -100,4 +102,4 @@ void softmax_grad_row_avx512(float* s, float* dp, int visible, float lse2, float
 }  // namespace flashmla::cpu
 
 #pragma GCC diagnostic pop
-#pragma GCC pop_options
+FLASHMLA_TARGET_END
