@@ -127,6 +127,13 @@ std::vector<DecodeBadCase> decode_cases() {
     f.args.q = TensorView::strided(big.data, DType::bf16, {3, 2, 8, 576},
                                    {2 * 8 * 1152, 8 * 1152, 1152, 2});
   }, value("q"));
+  // Views no memory can hold (found by fuzz/fuzz_decode: a 2^40-request batch in q and indices
+  // was accepted and its indices read): rejected by their extent, before any element is read.
+  add("q_batch_2_pow_40", [](F& f) { f.args.q.shape[0] = int64_t{1} << 40; }, value("q"));
+  add("q_stride_2_pow_50", [](F& f) { f.args.q.strides[0] = int64_t{1} << 50; }, value("q"));
+  add("q_stride_int64_max", [](F& f) { f.args.q.strides[1] = INT64_MAX; }, value("q"));
+  add("block_table_width_2_pow_46", [](F& f) { f.args.block_table.shape[1] = int64_t{1} << 46; },
+      value("block_table"));
   add("batch_zero", [](F& f) { f.args.q.shape[0] = 0; }, value("q"));
   add("batch_zero_null_q", [](F& f) { f.args.q = null_data(reshape(f.args.q, {0, 2, 8, 576})); },
       value("q"));

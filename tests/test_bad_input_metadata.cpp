@@ -76,6 +76,26 @@ std::vector<MetadataBadCase> metadata_cases() {
   add("cache_seqlens_int_min", [](M& f) { f.seqlens.i32({2}) = kI32Min; },
       value("cache_seqlens"));
 
+  // ---- sparse mode (topk > 0): the batch is args.batch ----
+  add("sparse_batch_accepted", [](M& f) {
+    f.args.topk = 64;
+    f.args.batch = f.args.num_splits.shape[0] - 1;
+  }, kAccept);
+  // Found by fuzz/fuzz_scheduler: a huge batch escaped as std::length_error from an allocation
+  // sized by it; the batch must be checked (and num_splits must hold it) first.
+  add("sparse_batch_2_pow_62", [](M& f) {
+    f.args.topk = 64;
+    f.args.batch = int64_t{1} << 62;
+  }, value("batch"));
+  add("sparse_batch_int64_max", [](M& f) {
+    f.args.topk = 64;
+    f.args.batch = INT64_MAX;
+  }, value("batch"));
+  add("sparse_batch_beyond_num_splits", [](M& f) {
+    f.args.topk = 64;
+    f.args.batch = int64_t{1} << 30;
+  }, value("num_splits"));
+
   // ---- num_sm_parts ----
   add("num_sm_parts_zero", [](M& f) {
     f.args.num_sm_parts = 0;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cmath>
 #include <utility>
 #include <sstream>
@@ -76,6 +77,29 @@ void Checker::present(const TensorView& t, const char* arg) const {
   }
   if (t.data == nullptr && !empty) {
     fail(ErrorKind::value, arg, "a non-null data pointer", "null");
+  }
+  // The bytes from the lowest to the highest addressed element must fit in a user address
+  // space (2^47 bytes on x86-64 and AArch64): a larger view cannot describe real memory, and
+  // index arithmetic over it could overflow.
+  if (!empty) {
+    int64_t span = 1;  // elements from the lowest to the highest addressed one
+    bool overflow = false;
+    for (int d = 0; d < t.rank; ++d) {
+      int64_t reach = 0;
+      const int64_t stride = t.strides[d] < 0 ? -t.strides[d] : t.strides[d];
+      overflow = overflow || t.strides[d] == INT64_MIN ||
+                 __builtin_mul_overflow(t.shape[d] - 1, stride, &reach) ||
+                 __builtin_add_overflow(span, reach, &span);
+    }
+    int64_t bytes = 0;
+    overflow = overflow || __builtin_mul_overflow(span, static_cast<int64_t>(dtype_size(t.dtype)),
+                                                  &bytes);
+    if (overflow || bytes > kMaxTensorBytes) {
+      fail(ErrorKind::value, arg,
+           "a view of at most 2^47 bytes from its first to its last element",
+           "shape " + t.shape_string() + " with strides " + t.strides_string() + " of " +
+               dtype_name(t.dtype));
+    }
   }
   if (t.device != Device::cpu) {
     fail(ErrorKind::unsupported, arg, "a CPU tensor (this build has the CPU backend only)",

@@ -13,6 +13,8 @@
 namespace flashmla::core {
 
 inline constexpr int64_t kAnySize = -1;  // wildcard in Checker::shape
+// Largest byte extent of a view (first to last addressed element): a user address space.
+inline constexpr int64_t kMaxTensorBytes = int64_t{1} << 47;
 
 class Checker {
  public:
@@ -22,7 +24,7 @@ class Checker {
                          const std::string& got) const;
 
   // The view is usable at all: non-null data (unless the tensor is empty), a rank in
-  // [0, kMaxRank], non-negative sizes, a CPU pointer.
+  // [0, kMaxRank], non-negative sizes, a byte extent of at most kMaxTensorBytes, a CPU pointer.
   void present(const TensorView& t, const char* arg) const;
   void dtype(const TensorView& t, const char* arg, std::initializer_list<DType> allowed) const;
   void rank(const TensorView& t, const char* arg, int expected) const;

@@ -1,5 +1,6 @@
 // get_mla_metadata and mla_num_sm_parts: argument checks around the scheduler of core/scheduler.
 #include <algorithm>
+#include <cstdint>
 #include <span>
 #include <vector>
 
@@ -35,8 +36,9 @@ void get_mla_metadata(const MlaMetadataArgs& args) {
   std::vector<int32_t> n_tok;  // the scheduler's tokens per request (§5.3 step 1)
   if (args.topk > 0) {         // sparse mode
     const int64_t batch = args.topk_length.defined() ? args.topk_length.size(0) : args.batch;
-    if (batch < 1) {
-      c.fail(ErrorKind::value, "batch", ">= 1 (or a topk_length tensor)", std::to_string(batch));
+    if (batch < 1 || batch >= INT32_MAX) {  // num_splits holds int32 piece counts
+      c.fail(ErrorKind::value, "batch", "in [1, 2^31 - 1) (or a topk_length tensor)",
+             std::to_string(batch));
     }
     if (args.topk > core::kMaxSparseTopk) {
       c.fail(ErrorKind::value, "topk", "<= " + std::to_string(core::kMaxSparseTopk),
@@ -50,6 +52,9 @@ void get_mla_metadata(const MlaMetadataArgs& args) {
       c.fail(ErrorKind::value, "extra_topk_length", "null without an extra list (extra_topk 0)",
              "a tensor of shape " + args.extra_topk_length.shape_string());
     }
+    // num_splits (b + 1,) is a real tensor of this batch before anything of its size is
+    // allocated (found by fuzz/fuzz_scheduler: a batch of 2^62 with no tensor behind it).
+    c.tensor(args.num_splits, "num_splits", {DType::int32}, {batch + 1}, true);
     const int32_t* len = core::checked_lengths(c, args.topk_length, "topk_length", batch, args.topk);
     const int32_t* extra_len = core::checked_lengths(c, args.extra_topk_length, "extra_topk_length",
                                                      batch, args.extra_topk);
