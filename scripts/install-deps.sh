@@ -5,7 +5,9 @@ set -euo pipefail
 
 # python3-torch is Debian's CPU build of PyTorch (PyPI's default torch is a multi-GB CUDA build);
 # the Python tests use it with Debian's python3 through a venv (scripts/setup-python.sh).
-packages=(cmake make g++ libgtest-dev libcli11-dev libbenchmark-dev python3 python3-venv python3-dev python3-torch)
+# clang, its compiler-rt (libFuzzer, sanitizers) and libomp build the fuzzers (scripts/fuzz.sh).
+packages=(cmake make g++ libgtest-dev libcli11-dev libbenchmark-dev python3 python3-venv python3-dev python3-torch
+          clang libclang-rt-14-dev libomp-dev)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (fuzz/fuzz_*.cpp; clang, with ASan + UBSan over the whole library)
+# and runs each for a fixed time on its corpus fuzz/corpus/<target>/: the committed seeds and
+# every input that once found a bug (kept as a regression case) run first, then libFuzzer mutates.
+# The committed corpus is only read; new inputs go to a scratch directory. A crash, a sanitizer
+# report or a timeout fails the run and leaves the input as <build>/<target>-crash-*.
+#
+#   scripts/fuzz.sh [seconds per target (default 20)] [build-dir (default build-fuzz)]
+# A longer run, keeping what it finds interesting:  scripts/fuzz.sh 3600 build-fuzz
+#   then copy <build>/corpus-<target>/* worth keeping into fuzz/corpus/<target>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-20}
+build=${2:-build-fuzz}
+
+cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DFLASHMLA_SANITIZE=address,undefined,fuzzer-no-link -DFLASHMLA_BUILD_FUZZERS=ON \
+      -DFLASHMLA_BUILD_TESTS=OFF -DFLASHMLA_BUILD_TOOLS=OFF -DFLASHMLA_BUILD_BENCH=OFF >/dev/null
+cmake --build "$build" -j "$(nproc)"
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+total=0
+for bin in "$build"/fuzz_*; do
+  [ -x "$bin" ] || continue
+  name=$(basename "$bin")
+  mkdir -p "fuzz/corpus/$name" "$build/corpus-$name"
+  log="$build/$name.log"
+  if ! "$bin" -max_total_time="$secs" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+       -artifact_prefix="$build/$name-" "$build/corpus-$name" "fuzz/corpus/$name" >"$log" 2>&1; then
+    echo "fuzz: FAIL $name"; tail -n 80 "$log"; exit 1
+  fi
+  runs=$(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" | grep -Eo '[0-9]+$' || echo 0)
+  cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -1 | grep -Eo '[0-9]+' || echo "?")
+  total=$((total + runs))
+  echo "fuzz: ok   $name: $runs executions in ${secs} s, coverage $cov edges, no findings"
+done
+echo "fuzz: $total executions in all, no findings"
