@@ -29,6 +29,7 @@ TEST(Isa, DetectionMatchesCpuid) {
   const bool amx = bf16 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
   const Isa got = detected_isa();
   if (amx && got == Isa::amx) return;
+  EXPECT_NE(got, Isa::amx) << "amx detected where libgcc's CPUID probe finds no AMX";
   EXPECT_EQ(got, bf16     ? Isa::avx512bf16
                  : avx512 ? Isa::avx512
                  : avx2   ? Isa::avx2
