@@ -14,13 +14,6 @@
 #include "cpu/common/target.h"
 
 FLASHMLA_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq")
-// GCC 12 reports its own intrinsics' `_mm512_undefined_*()` operands as maybe uninitialised when
-// they are inlined (as in microkernel_avx512.cpp).
-#pragma GCC diagnostic push
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 
 namespace flashmla::cpu {
 namespace {
@@ -80,5 +73,4 @@ void dequantize_kv_token_avx512(KvFormat format, KvTokenBytes src, uint16_t* k) 
 
 }  // namespace flashmla::cpu
 
-#pragma GCC diagnostic pop
 FLASHMLA_TARGET_END

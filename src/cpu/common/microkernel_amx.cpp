@@ -172,11 +172,6 @@ inline void for_groups(int groups, F&& f) {
 }
 
 FLASHMLA_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
-#pragma GCC diagnostic push
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 
 inline __mmask16 lane_mask(int count) {  // the first min(max(count, 0), 16) lanes
   return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
@@ -336,7 +331,6 @@ void pt_t(const float* p, int m, const void* packed_rows, int d, float* acc) {
   }
 }
 
-#pragma GCC diagnostic pop
 FLASHMLA_TARGET_END
 
 template <class Tiles>

@@ -91,13 +91,6 @@ const float* data_of(const void* base, const PackHeader& h) {
 }  // namespace
 
 FLASHMLA_TARGET_BEGIN("avx2,fma,f16c")
-// GCC 12 reports its own intrinsics' `_mm256_undefined_*()` (self-initialised) operands as maybe
-// uninitialised when they are inlined here; the warnings are about the header, not this code.
-#pragma GCC diagnostic push
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 
 namespace {
 
@@ -713,7 +706,6 @@ void pt(const float* p, int m, const void* packed_rows, int d, float* acc) {
 
 }  // namespace
 
-#pragma GCC diagnostic pop
 FLASHMLA_TARGET_END
 
 const AttnMicrokernel& avx2_microkernel() {

@@ -109,13 +109,6 @@ void set_nonfinite(void* base, bool nonfinite) {
 }  // namespace
 
 FLASHMLA_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
-// GCC 12 reports its own intrinsics' `_mm512_undefined_*()` (self-initialised) operands as maybe
-// uninitialised when they are inlined here; the warnings are about the header, not this code.
-#pragma GCC diagnostic push
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 
 namespace {
 
@@ -898,7 +891,6 @@ void pt(const float* p, int m, const void* packed_rows, int d, float* acc) {
 
 }  // namespace
 
-#pragma GCC diagnostic pop
 FLASHMLA_TARGET_END
 
 const AttnMicrokernel& avx512bf16_microkernel() {

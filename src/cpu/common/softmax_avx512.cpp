@@ -14,13 +14,6 @@
 #include "cpu/common/target.h"
 
 FLASHMLA_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,fma")
-// GCC 12 reports its own intrinsics' `_mm512_undefined_*()` operands as maybe uninitialised when
-// they are inlined (as in microkernel_avx512.cpp).
-#pragma GCC diagnostic push
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 
 namespace flashmla::cpu {
 namespace {
@@ -101,5 +94,4 @@ void softmax_grad_row_avx512(float* s, float* dp, int visible, float lse2, float
 
 }  // namespace flashmla::cpu
 
-#pragma GCC diagnostic pop
 FLASHMLA_TARGET_END
