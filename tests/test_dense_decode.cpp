@@ -12,6 +12,7 @@
 #include "ref/ref.h"
 #include "testing/compare.h"
 #include "testing/decode_case.h"
+#include "testing/test_size.h"
 
 namespace flashmla {
 namespace {
@@ -99,14 +100,15 @@ std::vector<DenseDecodeCase> short_grid() {
 }
 INSTANTIATE_TEST_SUITE_P(Short, DenseDecodeGrid, ::testing::ValuesIn(short_grid()), case_name);
 
-// b = 64 on short sequences, every head pair.
+// b = 64 on short sequences, every head pair. (Under FLASHMLA_TEST_SIZE=small, the sanitizer
+// run, b = 16 here and s_k = 1024, b = 32 instead of 4096, 128 in long_grid.)
 std::vector<DenseDecodeCase> wide_batch_grid() {
   std::vector<DenseDecodeCase> cases;
   uint64_t n = 1000;
   for (auto [hq, hkv] : head_pairs()) {
     for (int64_t sq : {1, 2}) {
       for (int64_t sk : {20, 140}) {
-        cases.push_back({.batch = 64, .q_len = sq, .kv_len = sk, .num_heads_q = hq,
+        cases.push_back({.batch = testing::sized(64, 16), .q_len = sq, .kv_len = sk, .num_heads_q = hq,
                          .num_heads_kv = hkv, .varlen = n % 4 != 1, .causal = n % 2 == 1,
                          .zero_lengths = n % 3 == 0, .non_contiguous = n % 5 == 0,
                          .seed = n});
@@ -127,7 +129,8 @@ std::vector<DenseDecodeCase> long_grid() {
   uint64_t n = 2000;
   for (auto [hq, hkv] : head_pairs()) {
     for (int64_t sq : {1, 2, 4}) {
-      cases.push_back({.batch = 1 + static_cast<int64_t>(n % 2), .q_len = sq, .kv_len = 4096,
+      cases.push_back({.batch = 1 + static_cast<int64_t>(n % 2), .q_len = sq,
+                       .kv_len = testing::sized(4096, 1024),
                        .num_heads_q = hq, .num_heads_kv = hkv, .varlen = n % 3 != 0,
                        .causal = n % 2 == 0, .non_contiguous = n % 4 == 0,
                        .dtype = n % 5 == 0 ? DType::fp16 : DType::bf16, .seed = n});
@@ -135,7 +138,8 @@ std::vector<DenseDecodeCase> long_grid() {
     }
   }
   for (bool causal : {false, true}) {
-    cases.push_back({.batch = 128, .q_len = 2, .kv_len = 4096, .num_heads_q = 2,
+    cases.push_back({.batch = testing::sized(128, 32), .q_len = 2,
+                     .kv_len = testing::sized(4096, 1024), .num_heads_q = 2,
                      .num_heads_kv = 1, .varlen = true, .causal = causal, .zero_lengths = true,
                      .seed = n++});
   }
