@@ -50,7 +50,8 @@ run_one() {  # "<isa> <binary>": one whole binary with FLASHMLA_ISA=<isa>; log k
 export -f run_one
 start=$SECONDS
 printf '%s\n' "${runs[@]}" | xargs -P "$jobs" -I{} bash -c 'run_one "$1" "$2"' _ {} "$logs"
-echo "sanitizers: ${#runs[@]} runs of $(ls "$build"/test_* | wc -l) binaries passed under ASan + UBSan in $((SECONDS - start)) s"
+binaries=$(printf '%s\n' "${runs[@]}" | cut -d' ' -f2 | sort -u | wc -l)
+echo "sanitizers: ${#runs[@]} runs of $binaries test binaries passed under ASan + UBSan in $((SECONDS - start)) s"
 
 # ThreadSanitizer: the concurrency suite.
 cmake -S . -B "$tsan_build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \

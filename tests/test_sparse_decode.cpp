@@ -334,6 +334,11 @@ TEST(SparseDecodeBadInput, RejectsWithArgumentName) {
   }
 }
 
+TEST(SparseDecodeBadInput, CaseCount) {
+  testing::bad_input::report_case_count("flash_mla_with_kvcache (sparse mode)", bad_input_cases());
+  EXPECT_GE(bad_input_cases().size(), 19u);  // the table may only grow
+}
+
 // extra_indices_in_kvcache without extra_k_cache (and the reverse): either argument may be
 // named, the call is rejected before any work.
 TEST(SparseDecodeBadInput, ExtraPoolNeedsBothTensors) {

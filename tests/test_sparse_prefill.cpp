@@ -223,6 +223,11 @@ TEST(SparsePrefillBadInput, RejectsWithArgumentName) {
   }
 }
 
+TEST(SparsePrefillBadInput, CaseCount) {
+  testing::bad_input::report_case_count("flash_mla_sparse_fwd", bad_input_cases());
+  EXPECT_GE(bad_input_cases().size(), 11u);  // the table may only grow
+}
+
 // The unmutated call of the table runs.
 TEST(SparsePrefillBadInput, BaseCallIsAccepted) { check_against_reference(kBadCase); }
 
