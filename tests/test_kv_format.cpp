@@ -165,6 +165,20 @@ TEST(KvFormat, BadInput) {
   a = c.args();
   a.format = static_cast<KvFormat>(9);
   expect_error(a, "format");
+  // Found by fuzz/fuzz_kv_codec: an empty view (a size of 0) with a size of 2^62 overflowed the
+  // overlap check of the dequantizer's output; sizes are bounded even for empty views.
+  a = c.args();
+  a.k.shape[0] = int64_t{1} << 62;
+  a.k.shape[1] = 0;
+  try {
+    dequantize_kv_cache(a);
+    ADD_FAILURE() << "accepted an empty k with a size of 2^62";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.argument(), "k") << e.what();
+  }
+  a = c.args();
+  a.cache.shape[0] = int64_t{1} << 40;  // 2^40 blocks of 4 x 656 bytes: beyond 2^47
+  expect_error(a, "cache");
 }
 
 }  // namespace

@@ -66,13 +66,17 @@ void Checker::present(const TensorView& t, const char* arg) const {
   for (int d = 0; d < t.rank; ++d) {
     if (t.shape[d] < 0) fail(ErrorKind::value, arg, "non-negative sizes", t.shape_string());
   }
-  // The element count, without overflow: an empty tensor (a size of 0) needs no data.
+  // An empty tensor (a size of 0) needs no data. The product of the non-zero sizes is bounded
+  // even then, so that no product of sizes computed later can overflow (found by
+  // fuzz/fuzz_kv_codec: an empty view with a size of 2^62 overflowed the overlap check).
   bool empty = false;
-  for (int d = 0; d < t.rank; ++d) empty = empty || t.shape[d] == 0;
   int64_t count = 1;
-  for (int d = 0; d < t.rank && !empty; ++d) {
-    if (__builtin_mul_overflow(count, t.shape[d], &count)) {
-      fail(ErrorKind::value, arg, "sizes whose element count fits in int64", t.shape_string());
+  for (int d = 0; d < t.rank; ++d) {
+    empty = empty || t.shape[d] == 0;
+    if (t.shape[d] > 0 &&
+        (__builtin_mul_overflow(count, t.shape[d], &count) || count > kMaxTensorBytes)) {
+      fail(ErrorKind::value, arg, "sizes whose product (of the non-zero ones) is at most 2^47",
+           t.shape_string());
     }
   }
   if (t.data == nullptr && !empty) {
@@ -170,14 +174,18 @@ void Checker::non_overlapping(const TensorView& t, const char* arg) const {
       std::swap(dims[j], dims[j - 1]);
     }
   }
+  for (int d = 0; d < t.rank; ++d) {
+    if (t.shape[d] == 0) return;  // no elements, nothing to overlap
+  }
   int64_t extent = 1;  // elements spanned by the dimensions seen so far
   for (int i = 0; i < n; ++i) {
-    int64_t s = t.strides[dims[i]];
-    if (s < extent) {
+    const int64_t s = t.strides[dims[i]];
+    int64_t reach = 0;
+    if (s < extent || __builtin_mul_overflow(s, t.shape[dims[i]] - 1, &reach) ||
+        __builtin_add_overflow(reach, extent, &extent)) {
       fail(ErrorKind::value, arg, "a writable layout with no overlapping elements",
            "strides " + t.strides_string() + " for shape " + t.shape_string());
     }
-    extent = s * (t.shape[dims[i]] - 1) + extent;
   }
 }
 
