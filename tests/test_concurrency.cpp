@@ -54,6 +54,21 @@ struct Op {
   std::function<Outputs(int threads)> run;
 };
 
+// An Op calling `call(args, ctx)` on a copy of `base` whose `outputs` are redirected to fresh
+// buffers (the inputs stay shared).
+template <class Args, class Call>
+Op op(std::string name, const Args& base, std::vector<TensorView Args::*> outputs, Call call) {
+  return {std::move(name), [=](int threads) {
+            Outputs o(outputs.size());
+            Args a = base;
+            for (size_t k = 0; k < outputs.size(); ++k) {
+              a.*outputs[k] = redirect(a.*outputs[k], o[k]);
+            }
+            call(a, Context{.num_threads = threads});
+            return o;
+          }};
+}
+
 // The schedule of a decode call, computed once and then only read.
 struct Schedule {
   std::vector<int32_t> meta, splits;
@@ -137,67 +152,28 @@ std::vector<Op> make_ops(Inputs& in) {
 
   std::vector<Op> ops;
   for (size_t i = 0; i < 2; ++i) {
-    ops.push_back({"dense decode " + std::to_string(i), [&in, i](int t) {
-                     Outputs o(2);
-                     MlaDecodeArgs a = in.dense_args[i];
-                     a.out = redirect(a.out, o[0]);
-                     a.lse = redirect(a.lse, o[1]);
-                     flash_mla_with_kvcache(a, {.num_threads = t});
-                     return o;
-                   }});
-    ops.push_back({"sparse decode " + std::to_string(i), [&in, i](int t) {
-                     Outputs o(2);
-                     MlaDecodeArgs a = in.sparse_args[i];
-                     a.out = redirect(a.out, o[0]);
-                     a.lse = redirect(a.lse, o[1]);
-                     flash_mla_with_kvcache(a, {.num_threads = t});
-                     return o;
-                   }});
+    ops.push_back(op("dense decode " + std::to_string(i), in.dense_args[i], {&MlaDecodeArgs::out,
+                     &MlaDecodeArgs::lse}, flash_mla_with_kvcache));
+    ops.push_back(op("sparse decode " + std::to_string(i), in.sparse_args[i],
+                     {&MlaDecodeArgs::out, &MlaDecodeArgs::lse}, flash_mla_with_kvcache));
   }
-  ops.push_back({"scheduler", [&in](int) {
-                   Outputs o(2);
-                   const MlaDecodeArgs& d = in.dense_args[0];
-                   get_mla_metadata({.cache_seqlens = d.cache_seqlens,
-                                     .num_sm_parts = 5,
-                                     .tile_scheduler_metadata =
-                                         redirect(d.tile_scheduler_metadata, o[0]),
-                                     .num_splits = redirect(d.num_splits, o[1])});
-                   return o;
-                 }});
-  ops.push_back({"sparse prefill", [&in](int t) {
-                   Outputs o(3);
-                   SparsePrefillArgs a = in.prefill.args();
-                   a.out = redirect(a.out, o[0]);
-                   a.max_logits = redirect(a.max_logits, o[1]);
-                   a.lse = redirect(a.lse, o[2]);
-                   flash_mla_sparse_fwd(a, {.num_threads = t});
-                   return o;
-                 }});
-  ops.push_back({"combine", [&in](int t) {
-                   Outputs o(2);
-                   MlaCombineArgs a = in.combine.args();
-                   a.out = redirect(a.out, o[0]);
-                   a.lse = redirect(a.lse, o[1]);
-                   mla_combine(a, {.num_threads = t});
-                   return o;
-                 }});
-  ops.push_back({"mha forward", [&in](int t) {
-                   Outputs o(2);
-                   MhaFwdArgs a = in.mha.fwd_args();
-                   a.out = redirect(a.out, o[0]);
-                   a.lse = redirect(a.lse, o[1]);
-                   flash_attn_varlen_fwd(a, {.num_threads = t});
-                   return o;
-                 }});
-  ops.push_back({"mha backward", [&in](int t) {
-                   Outputs o(3);
-                   MhaBwdArgs a = in.mha.bwd_args();
-                   a.dq = redirect(a.dq, o[0]);
-                   a.dk = redirect(a.dk, o[1]);
-                   a.dv = redirect(a.dv, o[2]);
-                   flash_attn_varlen_bwd(a, {.num_threads = t});
-                   return o;
-                 }});
+  const MlaMetadataArgs sched{.cache_seqlens = in.dense_args[0].cache_seqlens,
+                              .num_sm_parts = 5,
+                              .tile_scheduler_metadata = in.dense_args[0].tile_scheduler_metadata,
+                              .num_splits = in.dense_args[0].num_splits};
+  ops.push_back(op("scheduler", sched,
+                   {&MlaMetadataArgs::tile_scheduler_metadata, &MlaMetadataArgs::num_splits},
+                   [](const MlaMetadataArgs& a, const Context&) { get_mla_metadata(a); }));
+  ops.push_back(op("sparse prefill", in.prefill.args(),
+                   {&SparsePrefillArgs::out, &SparsePrefillArgs::max_logits,
+                    &SparsePrefillArgs::lse},
+                   flash_mla_sparse_fwd));
+  ops.push_back(op("combine", in.combine.args(), {&MlaCombineArgs::out, &MlaCombineArgs::lse},
+                   mla_combine));
+  ops.push_back(op("mha forward", in.mha.fwd_args(), {&MhaFwdArgs::out, &MhaFwdArgs::lse},
+                   flash_attn_varlen_fwd));
+  ops.push_back(op("mha backward", in.mha.bwd_args(),
+                   {&MhaBwdArgs::dq, &MhaBwdArgs::dk, &MhaBwdArgs::dv}, flash_attn_varlen_bwd));
   ops.push_back({"fp8 quantize / dequantize", [&in](int) {
                    Outputs o(2);
                    quantize_kv_cache({.format = KvFormat::v32,
