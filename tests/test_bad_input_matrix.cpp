@@ -1,6 +1,6 @@
-// The bad-input matrix: every tensor argument of the operations whose hand-written tables are
-// short (sparse decode, sparse prefill, FP8 quantize / dequantize) times every generic kind of
-// breakage, generated rather than written out:
+// The bad-input matrix: every tensor argument of every operation (dense and sparse decode,
+// sparse prefill, combine, the scheduler, MHA forward and backward, FP8 quantize / dequantize)
+// times every generic kind of breakage, generated rather than written out:
 //   wrong dtype (each dtype the argument does not take)      -> type error naming it
 //   rank - 1, rank + 1                                      -> value error naming it
 //   each size - 1 and + 1 (a real allocation of that shape)  -> rejected (the argument, or the
@@ -11,7 +11,10 @@
 //   overlapping elements (outputs: a zero stride)             -> value error naming it
 //   a CUDA pointer                                           -> unsupported error naming it
 // Each rejected call must leave every output byte untouched. Sizes that may legally differ (the
-// number of cache blocks, tokens per page, s_kv) are left out of the +-1 rows. The hand-written
+// number of cache blocks, tokens per page, s_kv, topk, block-table width, accumulator slots,
+// KV heads where fewer still divide the query heads) are left out of the +-1 rows. The schedule
+// tensors of a decode call and the forward tensors inside MhaBwdArgs (a nested struct) are
+// covered by the hand-written tables only. The hand-written
 // tables (test_bad_input_*.cpp, test_sparse_*.cpp, test_kv_format.cpp) cover the value-level
 // cases: indices and block ids out of range, lengths, NaN / inf scales, schedules.
 #include <gtest/gtest.h>
@@ -27,7 +30,11 @@
 
 #include "flashmla/flashmla.h"
 #include "flashmla/kv_format.h"
+#include "flashmla/mha.h"
 #include "testing/bad_input.h"
+#include "testing/combine_case.h"
+#include "testing/decode_case.h"
+#include "testing/mha_case.h"
 #include "testing/prefill_case.h"
 #include "testing/sparse_decode_case.h"
 
@@ -268,6 +275,179 @@ TEST(BadInputMatrix, SparsePrefill) {
                                   [](const A& a) { flash_mla_sparse_fwd(a); });
   report("flash_mla_sparse_fwd", o);
   EXPECT_GT(o.cases, 80);
+  EXPECT_EQ(o.failures, 0);
+}
+
+// ---- dense decode ----
+
+struct DenseDecodeInstance {
+  testing::DenseDecodeData data;
+  MlaDecodeArgs args;
+  std::vector<std::vector<std::byte>> snapshot() const {
+    return {bytes_of(data.out), bytes_of(data.lse)};
+  }
+};
+
+TEST(BadInputMatrix, DenseDecode) {
+  const testing::DenseDecodeCase cs{.batch = 2, .q_len = 2, .kv_len = 100, .num_heads_q = 8,
+                                    .num_heads_kv = 2, .page_block_size = 32, .varlen = true,
+                                    .causal = true, .seed = 3};
+  auto make = [&] {
+    DenseDecodeInstance inst{testing::make_dense_decode_data(cs), {}};
+    inst.args = inst.data.args();
+    return inst;
+  };
+  using A = MlaDecodeArgs;
+  const std::vector<Field<A>> fields = {
+      {"q", &A::q, {DType::bf16, DType::fp16}},
+      // num_blocks, page size and (fewer) KV heads may differ; a 1-byte dtype is an FP8 cache
+      // (another format, checked by its shape).
+      {"k_cache", &A::k_cache, {DType::bf16, DType::fp16, DType::uint8, DType::fp8_e4m3}, false,
+       false, {0, 1, 2}},
+      {"block_table", &A::block_table, {DType::int32}, false, false, {1}},
+      {"cache_seqlens", &A::cache_seqlens, {DType::int32}},
+      {"out", &A::out, {DType::bf16, DType::fp16}, false, true},
+      {"lse", &A::lse, {DType::fp32}, false, true, {}, true},
+  };
+  const Outcome o = run_matrix<A>("flash_mla_with_kvcache", fields, make,
+                                  [](const A& a) { flash_mla_with_kvcache(a); });
+  report("flash_mla_with_kvcache (dense)", o);
+  EXPECT_GT(o.cases, 60);
+  EXPECT_EQ(o.failures, 0);
+}
+
+// ---- combine ----
+
+struct CombineInstance {
+  testing::CombineData data;
+  MlaCombineArgs args;
+  std::vector<std::vector<std::byte>> snapshot() const {
+    return {bytes_of(data.out), bytes_of(data.lse)};
+  }
+};
+
+TEST(BadInputMatrix, Combine) {
+  const testing::CombineCase cs{.q_len = 2, .num_heads_q = 4, .head_dim_v = 64,
+                                .pieces = {3, 1, 2}, .sink = true, .seed = 4};
+  auto make = [&] {
+    CombineInstance inst{testing::make_combine_data(cs), {}};
+    inst.args = inst.data.args();
+    return inst;
+  };
+  using A = MlaCombineArgs;
+  const std::vector<Field<A>> fields = {
+      {"lse_accum", &A::lse_accum, {DType::fp32}, false, false, {0}, true},  // slots: any
+      {"o_accum", &A::o_accum, {DType::fp32}, false, false, {0}},
+      {"num_splits", &A::num_splits, {DType::int32}},
+      {"attn_sink", &A::attn_sink, {DType::fp32}, true},
+      {"out", &A::out, {DType::bf16, DType::fp16, DType::fp32}, false, true},
+      {"lse", &A::lse, {DType::fp32}, false, true, {}, true},
+  };
+  const Outcome o = run_matrix<A>("mla_combine", fields, make,
+                                  [](const A& a) { mla_combine(a); });
+  report("mla_combine", o);
+  EXPECT_GT(o.cases, 60);
+  EXPECT_EQ(o.failures, 0);
+}
+
+// ---- scheduler ----
+
+struct MetadataInstance {
+  HostTensor seqlens, meta, splits;
+  MlaMetadataArgs args;
+  std::vector<std::vector<std::byte>> snapshot() const {
+    return {bytes_of(meta), bytes_of(splits)};
+  }
+};
+
+TEST(BadInputMatrix, GetMlaMetadata) {
+  auto make = [] {
+    MetadataInstance inst{HostTensor::empty(DType::int32, {3}),
+                          HostTensor::empty(DType::int32, {4, 8}),
+                          HostTensor::empty(DType::int32, {4}), {}};
+    inst.seqlens.i32({0}) = 100;
+    inst.seqlens.i32({1}) = 0;
+    inst.seqlens.i32({2}) = 300;
+    inst.args = {.cache_seqlens = inst.seqlens.view(), .num_sm_parts = 4,
+                 .tile_scheduler_metadata = inst.meta.view(), .num_splits = inst.splits.view()};
+    return inst;
+  };
+  using A = MlaMetadataArgs;
+  const std::vector<Field<A>> fields = {
+      {"cache_seqlens", &A::cache_seqlens, {DType::int32}},
+      {"tile_scheduler_metadata", &A::tile_scheduler_metadata, {DType::int32}, false, true},
+      {"num_splits", &A::num_splits, {DType::int32}, false, true},
+  };
+  const Outcome o = run_matrix<A>("get_mla_metadata", fields, make,
+                                  [](const A& a) { get_mla_metadata(a); });
+  report("get_mla_metadata", o);
+  EXPECT_GT(o.cases, 30);
+  EXPECT_EQ(o.failures, 0);
+}
+
+// ---- MHA forward and backward ----
+
+struct MhaInstance {
+  testing::MhaData data;
+  MhaFwdArgs args;
+  std::vector<std::vector<std::byte>> snapshot() const {
+    return {bytes_of(data.out), bytes_of(data.lse_storage)};
+  }
+};
+
+struct MhaBwdInstance {
+  testing::MhaData data;
+  MhaBwdArgs args;
+  std::vector<std::vector<std::byte>> snapshot() const {
+    return {bytes_of(data.dq), bytes_of(data.dk), bytes_of(data.dv)};
+  }
+};
+
+const testing::MhaCase kMhaCase{.batch = 2, .q_len = 20, .kv_len = 30, .num_heads_q = 4,
+                                .num_heads_kv = 2, .d_qk = 64, .d_v = 32, .varlen = true,
+                                .causal = true, .seed = 5};
+
+TEST(BadInputMatrix, MhaForward) {
+  auto make = [] {
+    MhaInstance inst{testing::make_mha_data(kMhaCase), {}};
+    inst.args = inst.data.fwd_args();
+    return inst;
+  };
+  using A = MhaFwdArgs;
+  const std::vector<Field<A>> fields = {
+      {"q", &A::q, {DType::bf16}},
+      {"k", &A::k, {DType::bf16}, false, false, {1}},  // 1 KV head still divides 4
+      {"v", &A::v, {DType::bf16}},
+      {"cu_seqlens_qo", &A::cu_seqlens_qo, {DType::int32}},
+      {"cu_seqlens_kv", &A::cu_seqlens_kv, {DType::int32}},
+      {"out", &A::out, {DType::bf16}, false, true},
+      {"lse", &A::lse, {DType::fp32}, false, true, {}, true},
+  };
+  const Outcome o = run_matrix<A>("flash_attn_varlen_fwd", fields, make,
+                                  [](const A& a) { flash_attn_varlen_fwd(a); });
+  report("flash_attn_varlen_fwd", o);
+  EXPECT_GT(o.cases, 60);
+  EXPECT_EQ(o.failures, 0);
+}
+
+TEST(BadInputMatrix, MhaBackward) {
+  auto make = [] {
+    MhaBwdInstance inst{testing::make_mha_data(kMhaCase), {}};
+    flash_attn_varlen_fwd(inst.data.fwd_args());
+    inst.args = inst.data.bwd_args();
+    return inst;
+  };
+  using A = MhaBwdArgs;
+  const std::vector<Field<A>> fields = {
+      {"dout", &A::dout, {DType::bf16}},
+      {"dq", &A::dq, {DType::bf16}, false, true},
+      {"dk", &A::dk, {DType::bf16}, false, true},
+      {"dv", &A::dv, {DType::bf16}, false, true},
+  };
+  const Outcome o = run_matrix<A>("flash_attn_varlen_bwd", fields, make,
+                                  [](const A& a) { flash_attn_varlen_bwd(a); });
+  report("flash_attn_varlen_bwd", o);
+  EXPECT_GT(o.cases, 40);
   EXPECT_EQ(o.failures, 0);
 }
 
