@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (fuzz/fuzz_*.cpp; clang, with ASan + UBSan over the whole library)
-# and runs each for a fixed time on its corpus fuzz/corpus/<target>/: the committed seeds and
-# every input that once found a bug (kept as a regression case) run first, then libFuzzer mutates.
-# The committed corpus is only read; new inputs go to a scratch directory. A crash, a sanitizer
-# report or a timeout fails the run and leaves the input as <build>/<target>-crash-*.
+# and runs each for a fixed time. Each starts from the inputs that once found a bug
+# (fuzz/corpus/<target>/, kept as regression cases) and from a seed corpus
+# (fuzz/seeds/<target>.tar.gz: a 3-minute-per-target run minimised with -merge=1, unpacked into
+# <build>/corpus-<target>/), then mutates. The committed files are only read; new inputs go to
+# <build>/corpus-<target>/. A crash, a sanitizer report or a timeout fails the run and leaves
+# the input as <build>/<target>-crash-*.
 #
 #   scripts/fuzz.sh [seconds per target (default 20)] [build-dir (default build-fuzz)]
-# A longer run, keeping what it finds interesting:  scripts/fuzz.sh 3600 build-fuzz
-#   then copy <build>/corpus-<target>/* worth keeping into fuzz/corpus/<target>/.
+# A longer run:  scripts/fuzz.sh 3600 build-fuzz; then, to refresh a seed corpus,
+#   <build>/<target> -merge=1 <new-dir> <build>/corpus-<target> and tar <new-dir> into
+#   fuzz/seeds/<target>.tar.gz. An input that finds a bug goes into fuzz/corpus/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -25,6 +28,7 @@ for bin in "$build"/fuzz_*; do
   [ -x "$bin" ] || continue
   name=$(basename "$bin")
   mkdir -p "fuzz/corpus/$name" "$build/corpus-$name"
+  if [ -f "fuzz/seeds/$name.tar.gz" ]; then tar -xzf "fuzz/seeds/$name.tar.gz" -C "$build/corpus-$name"; fi
   log="$build/$name.log"
   if ! "$bin" -max_total_time="$secs" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
        -artifact_prefix="$build/$name-" "$build/corpus-$name" "fuzz/corpus/$name" >"$log" 2>&1; then
