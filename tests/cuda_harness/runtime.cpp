@@ -1,0 +1,415 @@
+// The harness's scheduler: fibers per CUDA thread, block and warp barriers, random order.
+#include "cuda_harness/runtime.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <atomic>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <boost/context/fiber.hpp>
+#include <boost/context/protected_fixedsize_stack.hpp>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define FMLA_HARNESS_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FMLA_HARNESS_ASAN 1
+#endif
+#endif
+#if defined(FMLA_HARNESS_ASAN)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+namespace flashmla::cuda_harness {
+namespace ctx = boost::context;
+
+// Every fiber's stack; guarded by a protection page so an overflow faults instead of
+// corrupting a neighbour. Sanitizer builds need more room.
+#if defined(FMLA_HARNESS_ASAN)
+constexpr size_t kStackBytes = 512 * 1024;
+#else
+constexpr size_t kStackBytes = 128 * 1024;
+#endif
+
+namespace {
+
+enum class State { runnable, at_block_barrier, at_warp_collective, done };
+
+// One pending warp collective: the lanes of `mask` meet, each with its payload.
+struct Collective {
+  unsigned mask = 0;
+  const char* op = nullptr;
+  unsigned arrived = 0;
+  unsigned char payload[32][64];
+};
+
+struct Block;
+
+struct Thread {
+  uint3 idx{};
+  int linear = 0;
+  State state = State::runnable;
+  ctx::fiber fiber;      // this thread's fiber while it is suspended
+  ctx::fiber scheduler;  // the scheduler, while this thread runs
+  std::shared_ptr<Collective> collective;  // the one this thread waits at or last left
+  // cp.async: copies not yet performed, in issue order, with their group (-1 = uncommitted).
+  struct Copy { void* dst; const void* src; int cp_bytes, src_bytes; int64_t group; };
+  std::vector<Copy> copies;
+  int64_t next_group = 0;
+#if defined(FMLA_HARNESS_ASAN)
+  const void* stack_bottom = nullptr;
+  size_t stack_size = 0;
+#endif
+};
+
+struct Block {
+  dim3 grid, dim;
+  uint3 idx{};
+  std::unique_ptr<unsigned char[]> smem;
+  size_t smem_bytes = 0;
+  std::vector<Thread> threads;
+  int at_barrier = 0;
+  // Per warp, the pending collectives (one per distinct mask).
+  std::vector<std::vector<std::shared_ptr<Collective>>> pending;
+  std::string error;  // first error raised by a thread
+  uint64_t switches = 0;
+#if defined(FMLA_HARNESS_ASAN)
+  const void* main_stack_bottom = nullptr;
+  size_t main_stack_size = 0;
+#endif
+};
+
+thread_local Block* tl_block = nullptr;
+thread_local Thread* tl_thread = nullptr;
+
+// protected_fixedsize_stack that remembers where the stack lies (for ASan's fiber switches).
+struct RecordingStack {
+  Thread* thread;
+  ctx::protected_fixedsize_stack inner{kStackBytes};
+  ctx::stack_context allocate() {
+    ctx::stack_context sc = inner.allocate();
+#if defined(FMLA_HARNESS_ASAN)
+    thread->stack_bottom = static_cast<const char*>(sc.sp) - sc.size;
+    thread->stack_size = sc.size;
+#endif
+    return sc;
+  }
+  void deallocate(ctx::stack_context& sc) noexcept { inner.deallocate(sc); }
+};
+
+std::string describe(const Block& b, const Thread& t) {
+  return "block (" + std::to_string(b.idx.x) + "," + std::to_string(b.idx.y) + "," +
+         std::to_string(b.idx.z) + ") thread (" + std::to_string(t.idx.x) + "," +
+         std::to_string(t.idx.y) + "," + std::to_string(t.idx.z) + ")";
+}
+
+Thread& current() {
+  if (!tl_thread) throw std::logic_error("CUDA builtin called outside a harness launch");
+  return *tl_thread;
+}
+
+// Suspends the running thread's fiber and returns to the block's scheduler.
+void yield_to_scheduler() {
+  Thread& t = current();
+#if defined(FMLA_HARNESS_ASAN)
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, tl_block->main_stack_bottom, tl_block->main_stack_size);
+#endif
+  t.scheduler = std::move(t.scheduler).resume();
+#if defined(FMLA_HARNESS_ASAN)
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+
+void perform_copies(Thread& t, int64_t up_to_group) {
+  auto keep = t.copies.begin();
+  for (auto it = t.copies.begin(); it != t.copies.end(); ++it) {
+    if (it->group >= 0 && it->group <= up_to_group) {
+      if (it->src_bytes > 0) std::memcpy(it->dst, it->src, static_cast<size_t>(it->src_bytes));
+      std::memset(static_cast<unsigned char*>(it->dst) + it->src_bytes, 0,
+                  static_cast<size_t>(it->cp_bytes - it->src_bytes));
+    } else {
+      *keep++ = *it;
+    }
+  }
+  t.copies.erase(keep, t.copies.end());
+}
+
+unsigned warp_lanes_mask(const Block& b, int warp) {
+  const int n = static_cast<int>(b.threads.size()) - warp * 32;
+  return n >= 32 ? 0xffffffffu : ((1u << n) - 1u);
+}
+
+}  // namespace
+
+const uint3& thread_idx() { return current().idx; }
+const uint3& block_idx() { current(); return tl_block->idx; }
+const dim3& block_dim() { current(); return tl_block->dim; }
+const dim3& grid_dim() { current(); return tl_block->grid; }
+
+void* dynamic_smem() {
+  current();
+  return tl_block->smem.get();
+}
+
+size_t dynamic_smem_bytes() {
+  current();
+  return tl_block->smem_bytes;
+}
+
+[[noreturn]] void fail(const char* what) { throw std::logic_error(what); }
+
+void sync_threads() {
+  Thread& t = current();
+  Block& b = *tl_block;
+  t.state = State::at_block_barrier;
+  if (++b.at_barrier == static_cast<int>(b.threads.size())) {
+    b.at_barrier = 0;
+    for (Thread& o : b.threads) o.state = State::runnable;
+  }
+  yield_to_scheduler();
+}
+
+const unsigned char* warp_exchange(unsigned mask, const void* payload, size_t bytes,
+                                   const char* op) {
+  Thread& t = current();
+  Block& b = *tl_block;
+  const int lane = t.linear & 31, warp = t.linear >> 5;
+  if (!((mask >> lane) & 1u)) fail("warp collective with a mask that excludes the calling lane");
+  if (mask & ~warp_lanes_mask(b, warp)) fail("warp collective mask names lanes the block lacks");
+  if (bytes > 64) fail("warp collective payload over 64 bytes");
+  auto& pend = b.pending[warp];
+  std::shared_ptr<Collective> c;
+  for (auto& p : pend) {
+    if (p->mask == mask) c = p;
+    else if (p->mask & mask) fail("warp collectives with overlapping, different masks");
+  }
+  if (!c) {
+    c = std::make_shared<Collective>();
+    std::memset(c->payload, 0xff, sizeof(c->payload));
+    c->mask = mask;
+    c->op = op;
+    pend.push_back(c);
+  } else if (std::strcmp(c->op, op) != 0) {
+    fail("lanes of a warp meet at different collectives");
+  }
+  if (bytes) std::memcpy(c->payload[lane], payload, bytes);
+  c->arrived |= 1u << lane;
+  t.collective = c;
+  t.state = State::at_warp_collective;
+  if (c->arrived == mask) {
+    for (int l = 0; l < 32; ++l) {
+      if ((mask >> l) & 1u) b.threads[warp * 32 + l].state = State::runnable;
+    }
+    pend.erase(std::find(pend.begin(), pend.end(), c));
+  }
+  yield_to_scheduler();
+  return &t.collective->payload[0][0];
+}
+
+void cp_async(void* smem_dst, const void* gmem_src, int cp_bytes, int src_bytes) {
+  Thread& t = current();
+  const Block& b = *tl_block;
+  const auto* d = static_cast<const unsigned char*>(smem_dst);
+  if (cp_bytes != 4 && cp_bytes != 8 && cp_bytes != 16) fail("cp.async size not 4, 8 or 16");
+  if (src_bytes < 0 || src_bytes > cp_bytes) fail("cp.async src-size outside [0, cp-size]");
+  if (reinterpret_cast<uintptr_t>(smem_dst) % cp_bytes ||
+      (src_bytes > 0 && reinterpret_cast<uintptr_t>(gmem_src) % cp_bytes)) {
+    fail("cp.async address not aligned to its size");
+  }
+  if (d < b.smem.get() || d + cp_bytes > b.smem.get() + b.smem_bytes) {
+    fail("cp.async destination outside the block's shared memory");
+  }
+  t.copies.push_back({smem_dst, gmem_src, cp_bytes, src_bytes, -1});
+}
+
+void cp_async_commit() {
+  Thread& t = current();
+  for (auto& c : t.copies) {
+    if (c.group < 0) c.group = t.next_group;
+  }
+  ++t.next_group;
+}
+
+void cp_async_wait(int pending) {
+  Thread& t = current();
+  perform_copies(t, t.next_group - 1 - pending);
+}
+
+uint64_t next_seed() {
+  static std::atomic<uint64_t> counter{0};
+  if (const char* s = std::getenv("FLASHMLA_HARNESS_SEED")) return std::strtoull(s, nullptr, 0);
+  return 0x9e3779b97f4a7c15ull * (counter.fetch_add(1) + 1);
+}
+
+namespace {
+
+// Runs one block to completion on the calling OS thread.
+void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng) {
+  const int n = static_cast<int>(b.threads.size());
+  for (int i = 0; i < n; ++i) {
+    Thread& t = b.threads[i];
+    t.linear = i;
+    t.idx = uint3{static_cast<unsigned>(i % b.dim.x),
+                  static_cast<unsigned>((i / b.dim.x) % b.dim.y),
+                  static_cast<unsigned>(i / (b.dim.x * b.dim.y))};
+    t.fiber = ctx::fiber(std::allocator_arg, RecordingStack{&t},
+                         [&b, &t, &body](ctx::fiber&& sched) {
+#if defined(FMLA_HARNESS_ASAN)
+                           __sanitizer_finish_switch_fiber(nullptr, &b.main_stack_bottom,
+                                                           &b.main_stack_size);
+#endif
+                           t.scheduler = std::move(sched);
+                           try {
+                             body();
+                             perform_copies(t, INT64_MAX);  // in flight at exit: land anyway
+                           } catch (const ctx::detail::forced_unwind&) {
+                             throw;
+                           } catch (const std::exception& e) {
+                             if (b.error.empty()) b.error = describe(b, t) + ": " + e.what();
+                           }
+                           t.state = State::done;
+#if defined(FMLA_HARNESS_ASAN)
+                           __sanitizer_start_switch_fiber(nullptr, b.main_stack_bottom,
+                                                          b.main_stack_size);
+#endif
+                           return std::move(t.scheduler);
+                         });
+  }
+  std::vector<int> order(n);
+  for (;;) {
+    order.clear();
+    for (int i = 0; i < n; ++i) {
+      if (b.threads[i].state == State::runnable) order.push_back(i);
+    }
+    if (order.empty() || !b.error.empty()) break;
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int i : order) {
+      Thread& t = b.threads[i];
+      if (t.state != State::runnable) continue;
+      tl_thread = &t;
+#if defined(FMLA_HARNESS_ASAN)
+      void* fake = nullptr;
+      __sanitizer_start_switch_fiber(&fake, t.stack_bottom, t.stack_size);
+#endif
+      t.fiber = std::move(t.fiber).resume();
+#if defined(FMLA_HARNESS_ASAN)
+      __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+      tl_thread = nullptr;
+      ++b.switches;
+      if (!b.error.empty()) break;
+    }
+  }
+  if (b.error.empty()) {
+    int done = 0, at_barrier = 0;
+    std::string stuck;
+    for (const Thread& t : b.threads) {
+      done += t.state == State::done;
+      at_barrier += t.state == State::at_block_barrier;
+      if (t.state == State::at_warp_collective && stuck.empty()) {
+        stuck = describe(b, t) + " waits at " + t.collective->op + " (mask 0x" +
+                [](unsigned m) { char s[16]; snprintf(s, sizeof s, "%08x", m); return std::string(s); }(
+                    t.collective->mask) + ") for lanes that never arrive";
+      }
+    }
+    if (done != n) {
+      b.error = !stuck.empty() ? stuck
+                : "block (" + std::to_string(b.idx.x) + "," + std::to_string(b.idx.y) + "," +
+                      std::to_string(b.idx.z) + "): divergent __syncthreads: " +
+                      std::to_string(at_barrier) + " threads wait at a barrier, " +
+                      std::to_string(done) + " exited";
+    }
+  }
+  // Unfinished fibers (after an error) are unwound by their destructors.
+  for (Thread& t : b.threads) {
+    tl_thread = &t;
+    t.fiber = ctx::fiber();
+    tl_thread = nullptr;
+  }
+}
+
+}  // namespace
+
+LaunchStats launch_blocks(const char* name, dim3 grid, dim3 block, size_t smem_bytes,
+                          const std::function<void()>& body) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  const std::string who = std::string("harness launch of ") + name;
+  if (threads == 0 || threads > 1024 || block.z > 64) {
+    throw std::runtime_error(who + ": block of " + std::to_string(threads) +
+                             " threads (1..1024, z <= 64)");
+  }
+  if (blocks == 0 || grid.y > 65535 || grid.z > 65535) {
+    throw std::runtime_error(who + ": grid (" + std::to_string(grid.x) + "," +
+                             std::to_string(grid.y) + "," + std::to_string(grid.z) +
+                             ") is empty or past the y/z limit 65535");
+  }
+  if (smem_bytes > 227 * 1024) {
+    throw std::runtime_error(who + ": " + std::to_string(smem_bytes) +
+                             " bytes of dynamic shared memory (227 KiB at most)");
+  }
+  LaunchStats stats;
+  stats.seed = next_seed();
+  stats.blocks = blocks;
+  std::string error;
+  std::atomic<uint64_t> switches{0};
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t bi = 0; bi < static_cast<int64_t>(blocks); ++bi) {
+    Block b;
+    b.grid = grid;
+    b.dim = block;
+    b.idx = uint3{static_cast<unsigned>(bi % grid.x),
+                  static_cast<unsigned>((bi / grid.x) % grid.y),
+                  static_cast<unsigned>(bi / (uint64_t{grid.x} * grid.y))};
+    b.smem_bytes = smem_bytes;
+    b.smem.reset(new unsigned char[smem_bytes ? smem_bytes : 1]);
+    std::memset(b.smem.get(), 0xff, smem_bytes);
+    b.threads.resize(threads);
+    b.pending.resize((threads + 31) / 32);
+    std::mt19937_64 rng(stats.seed ^ (0xbf58476d1ce4e5b9ull * static_cast<uint64_t>(bi + 1)));
+    Block* saved = tl_block;
+    tl_block = &b;
+    try {
+      run_block(b, body, rng);
+    } catch (const std::exception& e) {
+      if (b.error.empty()) b.error = e.what();
+    }
+    tl_block = saved;
+    switches += b.switches;
+    if (!b.error.empty()) {
+#pragma omp critical(flashmla_harness_error)
+      if (error.empty()) error = b.error;
+    }
+  }
+  stats.fiber_switches = switches;
+  if (!error.empty()) {
+    char seed[32];
+    snprintf(seed, sizeof seed, "0x%016llx", static_cast<unsigned long long>(stats.seed));
+    throw std::runtime_error(who + ": " + error + " (seed " + seed +
+                             "; FLASHMLA_HARNESS_SEED reproduces it)");
+  }
+  return stats;
+}
+
+}  // namespace flashmla::cuda_harness
+
+unsigned __ballot_sync(unsigned mask, int predicate) {
+  const int p = predicate != 0;
+  const unsigned char* slots =
+      ::flashmla::cuda_harness::warp_exchange(mask, &p, sizeof p, "__ballot_sync");
+  unsigned r = 0;
+  for (int l = 0; l < 32; ++l) {
+    int v;
+    std::memcpy(&v, slots + 64 * l, sizeof v);
+    if (((mask >> l) & 1u) && v) r |= 1u << l;
+  }
+  return r;
+}
+int __any_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
+int __all_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) == mask; }

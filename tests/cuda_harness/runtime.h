@@ -1,0 +1,149 @@
+// The CPU harness that runs CUDA kernels' own source (docs/cuda-harness.md): the CUDA keywords,
+// built-in variables and warp / block builtins for the host compiler, and the emulated PTX
+// instructions the portability header (src/cuda/common/portable.h) wraps.
+//
+// Each CUDA thread of a block is a fiber (Boost.Context) on one OS thread; blocks of a grid run
+// on OpenMP threads. __syncthreads and every warp collective are barriers: a fiber runs until
+// it reaches one, and between barriers the runnable fibers are resumed in a random order
+// (seeded; the seed is in every error message, FLASHMLA_HARNESS_SEED fixes it), so a missing
+// barrier or a shared-memory race changes results instead of passing by luck.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#define __launch_bounds__(...)
+#ifndef __restrict__
+#define __restrict__ __restrict
+#endif
+
+namespace flashmla::cuda_harness {
+
+// ---- built-in variables of the running fiber ----
+const uint3& thread_idx();
+const uint3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
+
+// The running block's dynamic shared memory (exactly the launch's byte count, 0xFF-filled).
+void* dynamic_smem();
+size_t dynamic_smem_bytes();
+
+// ---- barriers and collectives ----
+void sync_threads();
+// Every lane of `mask` (which must include the caller) deposits `bytes` (<= 64) of payload;
+// returns the 32 lanes' payload slots (64 bytes apart), valid until the caller's next
+// collective. `op` names the collective in error messages; all lanes must use the same.
+const unsigned char* warp_exchange(unsigned mask, const void* payload, size_t bytes,
+                                   const char* op);
+// Throws std::logic_error (turned into a failed launch naming the thread and the seed).
+[[noreturn]] void fail(const char* what);
+
+// ---- emulated instructions (instructions.cpp, from the PTX ISA's semantics) ----
+enum class MmaType { bf16, f16 };
+void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                  const float (&c)[4]);
+void ldmatrix(uint32_t* r, int num, bool trans, const void* row);
+void cp_async(void* smem_dst, const void* gmem_src, int cp_bytes, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int pending);
+
+// ---- launch ----
+struct LaunchStats {
+  uint64_t seed = 0;
+  uint64_t blocks = 0, fiber_switches = 0;
+};
+// Runs `body` once per thread of every block; throws std::runtime_error on any harness error.
+LaunchStats launch_blocks(const char* name, dim3 grid, dim3 block, size_t smem_bytes,
+                          const std::function<void()>& body);
+// Seed of the next launch: FLASHMLA_HARNESS_SEED if set, else a per-process counter.
+uint64_t next_seed();
+
+template <class... Params, class... Args>
+LaunchStats launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                   size_t smem_bytes, Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "kernel argument count");
+  const std::tuple<std::decay_t<Params>...> values(std::forward<Args>(args)...);
+  return launch_blocks(name, grid, block, smem_bytes, [&] { std::apply(kernel, values); });
+}
+
+}  // namespace flashmla::cuda_harness
+
+// ---- CUDA's names for the host compiler ----
+#define threadIdx (::flashmla::cuda_harness::thread_idx())
+#define blockIdx (::flashmla::cuda_harness::block_idx())
+#define blockDim (::flashmla::cuda_harness::block_dim())
+#define gridDim (::flashmla::cuda_harness::grid_dim())
+
+inline void __syncthreads() { ::flashmla::cuda_harness::sync_threads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  ::flashmla::cuda_harness::warp_exchange(mask, nullptr, 0, "__syncwarp");
+}
+
+namespace flashmla::cuda_harness::detail {
+inline int lane() { return static_cast<int>(thread_idx().x & 31u); }
+// The value `lane` holds among the exchanged slots (must be in the mask).
+template <class T>
+T slot(const unsigned char* slots, unsigned mask, int src, const char* op) {
+  if (!((mask >> src) & 1u)) fail(op);
+  T v;
+  std::memcpy(&v, slots + 64 * src, sizeof(T));
+  return v;
+}
+template <class T>
+T shuffle(unsigned mask, T var, int src_lane_in_segment, int width, int mode, const char* op) {
+  static_assert(sizeof(T) <= 64 && std::is_trivially_copyable_v<T>);
+  const unsigned char* slots = warp_exchange(mask, &var, sizeof(T), op);
+  const int me = lane();
+  const int w = (width >= 1 && width <= 32 && (width & (width - 1)) == 0) ? width : 32;
+  const int base = me & ~(w - 1);
+  int src = 0;
+  switch (mode) {
+    case 0: src = base + (src_lane_in_segment & (w - 1)); break;       // idx
+    case 1: src = me - src_lane_in_segment; if (src < base) src = me; break;   // up
+    case 2: src = me + src_lane_in_segment; if (src >= base + w) src = me; break;  // down
+    default: src = me ^ src_lane_in_segment; if (src < base || src >= base + w) src = me; break;
+  }
+  return slot<T>(slots, mask, src, op);
+}
+}  // namespace flashmla::cuda_harness::detail
+
+template <class T>
+T __shfl_sync(unsigned mask, T var, int src_lane, int width = 32) {
+  return ::flashmla::cuda_harness::detail::shuffle(mask, var, src_lane, width, 0,
+                                                   "__shfl_sync from a lane outside the mask");
+}
+template <class T>
+T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = 32) {
+  return ::flashmla::cuda_harness::detail::shuffle(mask, var, static_cast<int>(delta), width, 1,
+                                                   "__shfl_up_sync from a lane outside the mask");
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
+  return ::flashmla::cuda_harness::detail::shuffle(
+      mask, var, static_cast<int>(delta), width, 2, "__shfl_down_sync from a lane outside the mask");
+}
+template <class T>
+T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32) {
+  return ::flashmla::cuda_harness::detail::shuffle(mask, var, lane_mask, width, 3,
+                                                   "__shfl_xor_sync from a lane outside the mask");
+}
+unsigned __ballot_sync(unsigned mask, int predicate);
+int __any_sync(unsigned mask, int predicate);
+int __all_sync(unsigned mask, int predicate);
+
+// Device math and bit casts used by kernels, with the GPU's meaning.
+inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline int __float_as_int(float f) { int v; std::memcpy(&v, &f, 4); return v; }
+inline float __uint_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned v; std::memcpy(&v, &f, 4); return v; }
+inline float __fdividef(float a, float b) { return a / b; }
+template <class T>
+inline T __ldg(const T* p) { return *p; }
