@@ -22,6 +22,7 @@
 #endif
 #endif
 #if defined(FMLA_HARNESS_ASAN)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -77,12 +78,17 @@ struct Block {
   // Per warp, the pending collectives (one per distinct mask).
   std::vector<std::vector<std::shared_ptr<Collective>>> pending;
   std::string error;  // first error raised by a thread
+  bool aborting = false;  // after an error: every barrier throws BlockAborted
   uint64_t switches = 0;
 #if defined(FMLA_HARNESS_ASAN)
   const void* main_stack_bottom = nullptr;
   size_t main_stack_size = 0;
 #endif
 };
+
+// Thrown at a barrier of a block that is being aborted, so every fiber ends by returning (no
+// forced unwinding of suspended fibers, which sanitizers cannot follow).
+struct BlockAborted {};
 
 thread_local Block* tl_block = nullptr;
 thread_local Thread* tl_thread = nullptr;
@@ -96,10 +102,18 @@ struct RecordingStack {
 #if defined(FMLA_HARNESS_ASAN)
     thread->stack_bottom = static_cast<const char*>(sc.sp) - sc.size;
     thread->stack_size = sc.size;
+    // A new mapping may reuse an earlier fiber's addresses, whose shadow still holds that
+    // fiber's stack redzones.
+    __asan_unpoison_memory_region(thread->stack_bottom, sc.size);
 #endif
     return sc;
   }
-  void deallocate(ctx::stack_context& sc) noexcept { inner.deallocate(sc); }
+  void deallocate(ctx::stack_context& sc) noexcept {
+#if defined(FMLA_HARNESS_ASAN)
+    __asan_unpoison_memory_region(static_cast<char*>(sc.sp) - sc.size, sc.size);
+#endif
+    inner.deallocate(sc);
+  }
 };
 
 std::string describe(const Block& b, const Thread& t) {
@@ -124,6 +138,7 @@ void yield_to_scheduler() {
 #if defined(FMLA_HARNESS_ASAN)
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
+  if (tl_block->aborting) throw BlockAborted{};
 }
 
 void perform_copies(Thread& t, int64_t up_to_group) {
@@ -266,10 +281,11 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
 #endif
                            t.scheduler = std::move(sched);
                            try {
-                             body();
-                             perform_copies(t, INT64_MAX);  // in flight at exit: land anyway
-                           } catch (const ctx::detail::forced_unwind&) {
-                             throw;
+                             if (!b.aborting) {
+                               body();
+                               perform_copies(t, INT64_MAX);  // in flight at exit: land anyway
+                             }
+                           } catch (const BlockAborted&) {
                            } catch (const std::exception& e) {
                              if (b.error.empty()) b.error = describe(b, t) + ": " + e.what();
                            }
@@ -281,6 +297,19 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
                            return std::move(t.scheduler);
                          });
   }
+  auto resume = [&b](Thread& t) {
+    tl_thread = &t;
+#if defined(FMLA_HARNESS_ASAN)
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, t.stack_bottom, t.stack_size);
+#endif
+    t.fiber = std::move(t.fiber).resume();
+#if defined(FMLA_HARNESS_ASAN)
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+    tl_thread = nullptr;
+    ++b.switches;
+  };
   std::vector<int> order(n);
   for (;;) {
     order.clear();
@@ -292,17 +321,7 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
     for (int i : order) {
       Thread& t = b.threads[i];
       if (t.state != State::runnable) continue;
-      tl_thread = &t;
-#if defined(FMLA_HARNESS_ASAN)
-      void* fake = nullptr;
-      __sanitizer_start_switch_fiber(&fake, t.stack_bottom, t.stack_size);
-#endif
-      t.fiber = std::move(t.fiber).resume();
-#if defined(FMLA_HARNESS_ASAN)
-      __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
-#endif
-      tl_thread = nullptr;
-      ++b.switches;
+      resume(t);
       if (!b.error.empty()) break;
     }
   }
@@ -326,11 +345,11 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
                       std::to_string(done) + " exited";
     }
   }
-  // Unfinished fibers (after an error) are unwound by their destructors.
+  // After an error, every unfinished fiber is resumed once more: it throws BlockAborted from
+  // its barrier (or skips the body if it never started) and returns.
+  b.aborting = true;
   for (Thread& t : b.threads) {
-    tl_thread = &t;
-    t.fiber = ctx::fiber();
-    tl_thread = nullptr;
+    if (t.state != State::done) resume(t);
   }
 }
 
