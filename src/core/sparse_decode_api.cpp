@@ -6,6 +6,7 @@
 #include "core/schedule_arg.h"
 #include "core/sparse_decode_call.h"
 #include "core/sparse_decode_params.h"
+#include "core/sparse_decode_prepare.h"
 #include "cpu/decode/sparse_decode.h"
 #include "flashmla/kv_format.h"
 
@@ -95,7 +96,8 @@ SparseKvPool check_pool(const Checker& c, const TensorView& cache, const char* c
 
 }  // namespace
 
-void sparse_decode_call(const MlaDecodeArgs& a, const Context& ctx, bool run) {
+void prepare_sparse_decode(const MlaDecodeArgs& a, const Context& ctx, bool allocate,
+                           PreparedSparseDecode& out) {
   Checker c(kFn);
   const int num_threads = checked_num_threads(c, ctx);
   c.present(a.q, "q");
@@ -116,11 +118,13 @@ void sparse_decode_call(const MlaDecodeArgs& a, const Context& ctx, bool run) {
   const float scale_log2 = checked_scale_log2(
       c, a.softmax_scale.value_or(1.0f / std::sqrt(static_cast<float>(d_qk))), "softmax_scale");
 
-  SparseDecodeParams p{.batch = b, .q_len = s_q, .num_heads_q = h_q, .d_qk = d_qk, .d_v = 512,
-                       .scale_log2 = scale_log2,
-                       .q = a.q.ptr<const uint16_t>(),
-                       .q_stride = {a.q.stride(0), a.q.stride(1), a.q.stride(2)},
-                       .num_threads = num_threads};
+  SparseDecodeParams& p = out.params;
+  p = SparseDecodeParams{.batch = b, .q_len = s_q, .num_heads_q = h_q, .d_qk = d_qk,
+                         .d_v = 512,
+                         .scale_log2 = scale_log2,
+                         .q = a.q.ptr<const uint16_t>(),
+                         .q_stride = {a.q.stride(0), a.q.stride(1), a.q.stride(2)},
+                         .num_threads = num_threads};
   p.main = check_pool(c, a.k_cache, "k_cache", a.indices, "indices", a.topk_length,
                       "topk_length", b, s_q, d_qk);
   const bool has_extra = a.extra_k_cache.defined();
@@ -161,17 +165,22 @@ void sparse_decode_call(const MlaDecodeArgs& a, const Context& ctx, bool run) {
   const std::vector<int32_t> n_tok =
       sparse_token_counts(b, p.main.topk, p.main.topk_length, has_extra ? p.extra.topk : 0,
                           has_extra ? p.extra.topk_length : nullptr);
-  ResolvedSchedule sched;
+  ResolvedSchedule& sched = out.schedule;
   resolve_schedule(c, a.tile_scheduler_metadata, a.num_splits, n_tok, num_threads,
                    "topk_length and topk (sparse mode)", sched);
-  if (!run) return;
+  if (!allocate) return;
   allocate_accumulators(sched, b, s_q, h_q, 512);
   p.sched = sched.records;
   p.num_parts = sched.num_parts;
   p.num_splits = sched.num_splits;
   p.lse_accum = sched.lse_accum.empty() ? nullptr : sched.lse_accum.data();
   p.o_accum = sched.o_accum.empty() ? nullptr : sched.o_accum.data();
-  cpu::decode::run_sparse_decode(p);
+}
+
+void sparse_decode_call(const MlaDecodeArgs& a, const Context& ctx, bool run) {
+  PreparedSparseDecode prep;
+  prepare_sparse_decode(a, ctx, run, prep);
+  if (run) cpu::decode::run_sparse_decode(prep.params);
 }
 
 }  // namespace flashmla::core

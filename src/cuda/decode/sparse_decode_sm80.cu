@@ -1,0 +1,259 @@
+// Sparse MLA decode split kernel, SM80+ (mma.sync m16n8k16 bf16, fp32 accumulate). One CTA of
+// 128 threads (4 warps) per (schedule part, query token, group of 16 heads) walks its part's
+// (request, block) range as cpu/decode/sparse_decode.cpp does: block k of a request is 64
+// columns of its main index list (the first max(ceil(t/64), 1) blocks) or of its extra list.
+// Per block: slots -> shared memory, KV rows gathered and dequantised into a bf16 tile,
+// S = Q K^T (warp w: tokens 16w..16w+15, all 16 heads), online softmax in log2 units across
+// warps, O += P V (warp w: channels 128w..128w+127). Unsplit requests are finalised with the
+// sink; split pieces go to the accumulators for the combine.
+#include <cmath>
+
+#include "cuda/common/portable.h"
+#include "cuda/decode/sparse_decode_sm80.h"
+#include "cuda/decode/sparse_kv_tile.cuh"
+
+FMLA_CUDA_NS_BEGIN
+
+namespace {
+
+constexpr int kThreads = 128, kWarps = 4, kHeads = 16, kTile = 64, kDv = 512;
+constexpr int kPad = 8;              // bf16 per row of padding: conflict-free ldmatrix
+constexpr int kLdp = kTile + kPad;   // row stride of P
+constexpr float kInf = INFINITY;
+
+__host__ __device__ constexpr int row_stride(int d_qk) { return d_qk + kPad; }
+
+// Shared memory: Q (16 rows), K/V tile (64 rows), P (16 x 64 bf16), per-warp row maxima and
+// sums, the tile's slots.
+__host__ __device__ constexpr int smem_bytes(int d_qk) {
+  return (kHeads + kTile) * row_stride(d_qk) * 2 + kHeads * kLdp * 2 +
+         2 * kWarps * kHeads * 4 + kTile * 4;
+}
+
+__device__ __forceinline__ int64_t pool_length(const SparseKvPoolArgs& pool, int r) {
+  return pool.topk_length ? pool.topk_length[r] : pool.topk;
+}
+
+__device__ __forceinline__ int64_t main_blocks(const SparseDecodeArgs& a, int r) {
+  const int64_t t = pool_length(a.main, r);
+  return t > 0 ? (t + kTile - 1) / kTile : 1;
+}
+
+__device__ __forceinline__ int64_t num_blocks(const SparseDecodeArgs& a, int r) {
+  const int64_t extra = a.has_extra ? (pool_length(a.extra, r) + kTile - 1) / kTile : 0;
+  return main_blocks(a, r) + extra;
+}
+
+// Q rows h0.. of (r, s) into sq (rows past num_heads_q are zeros).
+__device__ __forceinline__ void load_q(const SparseDecodeArgs& a, int r, int s, int h0, int nh,
+                                       uint16_t* sq, int ldq) {
+  const int chunks = a.d_qk / 8;
+  for (int it = static_cast<int>(threadIdx.x); it < kHeads * chunks; it += kThreads) {
+    const int row = it / chunks, c = it % chunks;
+    Bytes16 v = {{0u, 0u, 0u, 0u}};
+    if (row < nh) {
+      const uint16_t* src = a.q + r * a.q_stride[0] + s * a.q_stride[1] +
+                            (h0 + row) * a.q_stride[2] + 8 * c;
+      v = load_bytes16(reinterpret_cast<const uint8_t*>(src), a.q_aligned);
+    }
+    *reinterpret_cast<Bytes16*>(sq + row * ldq + 8 * c) = v;
+  }
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(kFullMask, x, 1));
+  return fmaxf(x, __shfl_xor_sync(kFullMask, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(kFullMask, x, 1);
+  return x + __shfl_xor_sync(kFullMask, x, 2);
+}
+
+}  // namespace
+
+__global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDecodeArgs a) {
+  unsigned char* smem = dynamic_smem();
+  const int d_qk = a.d_qk, ldk = row_stride(d_qk);
+  uint16_t* sq = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* sk = sq + kHeads * ldk;
+  uint16_t* sp = sk + kTile * ldk;
+  float* s_max = reinterpret_cast<float*>(sp + kHeads * kLdp);
+  float* s_sum = s_max + kWarps * kHeads;
+  int32_t* s_slot = reinterpret_cast<int32_t*>(s_sum + kWarps * kHeads);
+
+  const int tid = static_cast<int>(threadIdx.x), warp = warp_id(), lane = lane_id();
+  const int g = lane / 4, q4 = lane % 4;
+  const int part = static_cast<int>(blockIdx.x), s = static_cast<int>(blockIdx.y);
+  const int h0 = static_cast<int>(blockIdx.z) * kHeads;
+  const int nh = a.num_heads_q - h0 < kHeads ? a.num_heads_q - h0 : kHeads;
+  const int32_t* rec = a.sched + 8 * part;
+  const int begin_req = rec[0], end_req = rec[1];
+
+  for (int r = begin_req; r <= end_req && r < a.batch; ++r) {
+    const bool is_begin = r == begin_req, is_end = r == end_req;
+    const int64_t blk0 = is_begin ? rec[2] : 0;
+    const int64_t blk1 = is_end ? rec[3] : num_blocks(a, r);
+    const bool split = is_begin ? rec[5] != 0 : (is_end && rec[6] != 0);
+    const int64_t slot = a.num_splits[r] + (is_begin ? rec[4] : 0);
+    const int64_t n_main = main_blocks(a, r);
+
+    load_q(a, r, s, h0, nh, sq, ldk);
+    float m[2] = {-kInf, -kInf}, l[2] = {0.0f, 0.0f};
+    float o[16][4];
+    FMLA_SDEC_UNROLL
+    for (auto& t : o) t[0] = t[1] = t[2] = t[3] = 0.0f;
+
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const bool in_main = blk < n_main;
+      const SparseKvPoolArgs pool = in_main ? a.main : a.extra;
+      const int64_t c0 = (in_main ? blk : blk - n_main) * kTile;
+      const int64_t len = pool_length(pool, r);
+      const int64_t c1 = c0 + kTile < len ? c0 + kTile : len;
+      const int32_t* row = pool.indices + r * pool.indices_stride0 + s * pool.indices_stride1;
+      __syncthreads();  // the previous block's readers of the tile are done (and Q is stored)
+      if (tid < kTile) {
+        const int64_t col = c0 + tid;
+        const int32_t v = col < c1 ? row[col] : -1;
+        s_slot[tid] = v < 0 ? -1 : v;
+      }
+      __syncthreads();
+      if (!__any_sync(kFullMask, s_slot[lane] >= 0 || s_slot[lane + 32] >= 0)) continue;
+      gather_kv_tile(pool, a.kv_kind, a.kv_aligned, s_slot, sk, ldk, d_qk);
+      __syncthreads();
+
+      // S = Q K^T for this warp's 16 tokens (two n8 tiles).
+      float acc[2][4] = {};
+      const int tok0 = 16 * warp;
+      FMLA_SDEC_UNROLL
+      for (int kk = 0; kk < d_qk / 16; ++kk) {
+        uint32_t qa[4], kb[4];
+        ldmatrix<4, false>(qa, sq + (lane % 16) * ldk + 16 * kk + (lane / 16) * 8);
+        ldmatrix<4, false>(kb, sk + (tok0 + (lane / 16) * 8 + lane % 8) * ldk + 16 * kk +
+                                   ((lane / 8) % 2) * 8);
+        const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+        mma_m16n8k16_bf16(acc[0], qa, b0, acc[0]);
+        mma_m16n8k16_bf16(acc[1], qa, b1, acc[1]);
+      }
+
+      // Online softmax (log2 units); invalid columns are -inf, so p = 0 there.
+      float row_max[2] = {-kInf, -kInf};
+      FMLA_SDEC_UNROLL
+      for (int nt = 0; nt < 2; ++nt) {
+        FMLA_SDEC_UNROLL
+        for (int j = 0; j < 4; ++j) {
+          const int col = tok0 + 8 * nt + 2 * q4 + (j & 1);
+          acc[nt][j] = s_slot[col] >= 0 ? acc[nt][j] * a.scale_log2 : -kInf;
+          row_max[j / 2] = fmaxf(row_max[j / 2], acc[nt][j]);
+        }
+      }
+      FMLA_SDEC_UNROLL
+      for (int i = 0; i < 2; ++i) {
+        row_max[i] = quad_max(row_max[i]);
+        if (q4 == 0) s_max[warp * kHeads + g + 8 * i] = row_max[i];
+      }
+      __syncthreads();
+      float alpha[2], m_use[2];
+      FMLA_SDEC_UNROLL
+      for (int i = 0; i < 2; ++i) {
+        float t = m[i];
+        FMLA_SDEC_UNROLL
+        for (int w = 0; w < kWarps; ++w) t = fmaxf(t, s_max[w * kHeads + g + 8 * i]);
+        m_use[i] = t == -kInf ? 0.0f : t;
+        alpha[i] = exp2f(m[i] - m_use[i]);
+        m[i] = t;
+      }
+      float row_sum[2] = {0.0f, 0.0f};
+      FMLA_SDEC_UNROLL
+      for (int nt = 0; nt < 2; ++nt) {
+        FMLA_SDEC_UNROLL
+        for (int i = 0; i < 2; ++i) {
+          const float p0 = exp2f(acc[nt][2 * i] - m_use[i]);
+          const float p1 = exp2f(acc[nt][2 * i + 1] - m_use[i]);
+          row_sum[i] += p0 + p1;
+          *reinterpret_cast<uint32_t*>(sp + (g + 8 * i) * kLdp + tok0 + 8 * nt + 2 * q4) =
+              pack_bf16x2(p0, p1);
+        }
+      }
+      FMLA_SDEC_UNROLL
+      for (int i = 0; i < 2; ++i) {
+        row_sum[i] = quad_sum(row_sum[i]);
+        if (q4 == 0) s_sum[warp * kHeads + g + 8 * i] = row_sum[i];
+      }
+      __syncthreads();
+      FMLA_SDEC_UNROLL
+      for (int i = 0; i < 2; ++i) {
+        float t = 0.0f;
+        FMLA_SDEC_UNROLL
+        for (int w = 0; w < kWarps; ++w) t += s_sum[w * kHeads + g + 8 * i];
+        l[i] = l[i] * alpha[i] + t;
+      }
+      FMLA_SDEC_UNROLL
+      for (auto& t : o) {
+        t[0] *= alpha[0], t[1] *= alpha[0], t[2] *= alpha[1], t[3] *= alpha[1];
+      }
+
+      // O += P V for this warp's 128 channels (16 n8 tiles).
+      FMLA_SDEC_UNROLL
+      for (int ks = 0; ks < kTile / 16; ++ks) {
+        uint32_t pa[4];
+        ldmatrix<4, false>(pa, sp + (lane % 16) * kLdp + 16 * ks + (lane / 16) * 8);
+        FMLA_SDEC_UNROLL
+        for (int np = 0; np < 8; ++np) {
+          const int n0 = 128 * warp + 16 * np;
+          uint32_t vb[4];
+          ldmatrix<4, true>(vb, sk + (16 * ks + ((lane / 8) % 2) * 8 + lane % 8) * ldk + n0 +
+                                    (lane / 16) * 8);
+          const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
+          mma_m16n8k16_bf16(o[2 * np], pa, b0, o[2 * np]);
+          mma_m16n8k16_bf16(o[2 * np + 1], pa, b1, o[2 * np + 1]);
+        }
+      }
+    }
+
+    // Finalise this piece: rows g and g + 8 of the head group.
+    FMLA_SDEC_UNROLL
+    for (int i = 0; i < 2; ++i) {
+      const int hr = g + 8 * i;
+      if (hr >= nh) continue;
+      const int h = h0 + hr;
+      const bool empty = !(l[i] > 0.0f);
+      if (split) {  // the combine applies the sink
+        const int64_t arow = (slot * a.q_len + s) * a.num_heads_q + h;
+        const float factor = empty ? 0.0f : 1.0f / l[i];
+        float* dst = a.o_accum + arow * kDv + 128 * warp + 2 * q4;
+        FMLA_SDEC_UNROLL
+        for (int nt = 0; nt < 16; ++nt) {
+          dst[8 * nt] = o[nt][2 * i] * factor;
+          dst[8 * nt + 1] = o[nt][2 * i + 1] * factor;
+        }
+        if (warp == 0 && q4 == 0) a.lse_accum[arow] = empty ? -kInf : m[i] + log2f(l[i]);
+        continue;
+      }
+      float lse = kInf, factor = 0.0f;  // empty row: out 0, lse +inf
+      if (!empty) {
+        lse = (m[i] + log2f(l[i])) * static_cast<float>(M_LN2);
+        factor = 1.0f / l[i];
+        if (a.attn_sink) factor /= 1.0f + expf(a.attn_sink[h] - lse);
+      }
+      uint16_t* dst = a.out + r * a.out_stride[0] + s * a.out_stride[1] + h * a.out_stride[2] +
+                      128 * warp + 2 * q4;
+      FMLA_SDEC_UNROLL
+      for (int nt = 0; nt < 16; ++nt) {
+        dst[8 * nt] = static_cast<uint16_t>(float_to_bf16_bits(o[nt][2 * i] * factor));
+        dst[8 * nt + 1] = static_cast<uint16_t>(float_to_bf16_bits(o[nt][2 * i + 1] * factor));
+      }
+      if (warp == 0 && q4 == 0) {
+        a.lse[r * a.lse_stride[0] + h * a.lse_stride[1] + s * a.lse_stride[2]] = lse;
+      }
+    }
+  }
+}
+
+void launch_sparse_decode_sm80(const SparseDecodeArgs& a, void* stream) {
+  if (a.num_parts <= 0) return;
+  const dim3 grid(static_cast<unsigned>(a.num_parts), static_cast<unsigned>(a.q_len),
+                  static_cast<unsigned>((a.num_heads_q + kHeads - 1) / kHeads));
+  FMLA_LAUNCH(sparse_decode_sm80, grid, dim3(kThreads), smem_bytes(a.d_qk), stream, a);
+}
+
+FMLA_CUDA_NS_END

@@ -1,0 +1,146 @@
+// Sparse decode's KV tile: up to 64 cache slots gathered by index into shared memory as bf16 rows
+// (V = the first 512 channels of the same rows). FP8 tokens (V32, MODEL1; reference §4) are
+// dequantised with the CPU codec's numerics bit for bit (cpu/common/kv_codec.cpp); bf16 pools
+// are copied. Slots < 0 (invalid or past the length) become rows of zeros, so that no byte of an
+// unreferenced token (NaN in the tests) reaches P·V.
+#pragma once
+
+#include "cuda/common/portable.h"
+
+// Full unrolling where nvcc must keep register arrays in registers (the host compiler has its
+// own heuristics and would warn about the pragma).
+#if defined(__CUDACC__)
+#define FMLA_SDEC_UNROLL _Pragma("unroll")
+#else
+#define FMLA_SDEC_UNROLL
+#endif
+
+FMLA_CUDA_NS_BEGIN
+
+enum SparseKvKind : int { kSparseKvBf16 = 0, kSparseKvV32 = 1, kSparseKvModel1 = 2 };
+
+// One pool as the kernel reads it (core::SparseKvPool with device pointers).
+struct SparseKvPoolArgs {
+  const uint8_t* data;
+  int64_t block_stride_bytes, token_stride_bytes, page_block_size;
+  const int32_t* indices;
+  int64_t indices_stride0, indices_stride1;
+  int64_t topk;
+  const int32_t* topk_length;  // null = topk
+};
+
+struct alignas(16) Bytes16 {
+  uint32_t w[4];
+};
+
+// 16 bytes from global memory: one vector load when `aligned` (address % 16 == 0), else bytes.
+__device__ __forceinline__ Bytes16 load_bytes16(const uint8_t* p, bool aligned) {
+  if (aligned) return *reinterpret_cast<const Bytes16*>(p);
+  Bytes16 v;
+  auto* d = reinterpret_cast<unsigned char*>(v.w);
+FMLA_SDEC_UNROLL
+  for (int i = 0; i < 16; ++i) d[i] = p[i];
+  return v;
+}
+
+// cpu::fp8_e4m3_to_float: OCP E4M3 "fn" (S.1111.111 is NaN, no infinities).
+__device__ __forceinline__ float fp8_e4m3_to_float(uint32_t v) {
+  const uint32_t exp = (v >> 3) & 0xfu, man = v & 0x7u;
+  float mag;
+  if (exp == 0xf && man == 0x7) {
+    mag = __uint_as_float(0x7fc00000u);
+  } else if (exp == 0) {
+    mag = static_cast<float>(man) * 0x1p-9f;
+  } else {
+    mag = __uint_as_float(((exp + 120u) << 23) | (man << 20));
+  }
+  return (v & 0x80u) ? -mag : mag;
+}
+
+// cpu::float_to_bf16: round to nearest even, NaN kept quiet with its high payload bits.
+__device__ __forceinline__ uint32_t float_to_bf16_bits(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return ((u >> 16) | 0x40u) & 0xffffu;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return u >> 16;
+}
+
+// UE8M0 byte e -> 2^(e - 127) (exact in bf16 too, so the codec's bf16 rounding is a no-op);
+// 255 is NaN.
+__device__ __forceinline__ float ue8m0_to_float(uint32_t e) {
+  if (e == 0xffu) return __uint_as_float(0x7fc00000u);
+  return e == 0 ? __uint_as_float(0x00400000u) : __uint_as_float(e << 23);
+}
+
+// 16 e4m3 values times `scale` -> 16 bf16 values at dst (32 bytes, 16-byte aligned).
+__device__ __forceinline__ void dequant16(const Bytes16& v, float scale, uint16_t* dst) {
+  Bytes16 out[2];
+  const auto* b = reinterpret_cast<const unsigned char*>(v.w);
+FMLA_SDEC_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    const float x0 = fp8_e4m3_to_float(b[2 * i]), x1 = fp8_e4m3_to_float(b[2 * i + 1]);
+    // A NaN code stays that NaN whatever the scale, as in the CPU codec.
+    const uint32_t lo = float_to_bf16_bits(x0 != x0 ? x0 : x0 * scale);
+    const uint32_t hi = float_to_bf16_bits(x1 != x1 ? x1 : x1 * scale);
+    out[i / 4].w[i % 4] = lo | (hi << 16);
+  }
+  reinterpret_cast<Bytes16*>(dst)[0] = out[0];
+  reinterpret_cast<Bytes16*>(dst)[1] = out[1];
+}
+
+// Fills rows [0, 64) of sk (row stride ldk bf16, d_qk channels) from the slots in s_slot
+// (-1: zeros). Every thread of the block takes part; the caller synchronises before and after.
+// `aligned`: the pool's data and strides are multiples of 16 bytes.
+__device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int kind, bool aligned,
+                                               const int32_t* s_slot, uint16_t* sk, int ldk,
+                                               int d_qk) {
+  constexpr int kTile = 64;
+  // Work items per token, 16 source bytes each: bf16 rows in chunks of 8 channels; FP8 tokens
+  // in chunks of 16 quantised channels, then the 64 bf16 RoPE channels in 8 chunks.
+  const int d_nope = kind == kSparseKvV32 ? 512 : 448;
+  const int fp8_chunks = d_nope / 16;
+  const int items = kind == kSparseKvBf16 ? d_qk / 8 : fp8_chunks + 8;
+  const Bytes16 zero = {{0u, 0u, 0u, 0u}};
+  for (int it = static_cast<int>(threadIdx.x); it < kTile * items; it += static_cast<int>(blockDim.x)) {
+    const int t = it / items, c = it % items;
+    uint16_t* row = sk + t * ldk;
+    const int32_t v = s_slot[t];
+    const bool fp8_values = kind != kSparseKvBf16 && c < fp8_chunks;
+    uint16_t* dst = fp8_values ? row + 16 * c
+                    : kind == kSparseKvBf16 ? row + 8 * c
+                                            : row + d_nope + 8 * (c - fp8_chunks);
+    if (v < 0) {
+      reinterpret_cast<Bytes16*>(dst)[0] = zero;
+      if (fp8_values) reinterpret_cast<Bytes16*>(dst)[1] = zero;
+      continue;
+    }
+    const int64_t blk = v / pool.page_block_size, off = v % pool.page_block_size;
+    const uint8_t* block = pool.data + blk * pool.block_stride_bytes;
+    if (kind == kSparseKvBf16) {
+      *reinterpret_cast<Bytes16*>(dst) =
+          load_bytes16(block + off * pool.token_stride_bytes + 16 * c, aligned);
+    } else if (kind == kSparseKvV32) {  // 512 e4m3 | 4 fp32 scales | 64 bf16
+      const uint8_t* tok = block + 656 * off;
+      if (fp8_values) {
+        float scale;
+        const uint8_t* sp = tok + 512 + 4 * (c / 8);
+        uint32_t bits = 0;
+        for (int i = 0; i < 4; ++i) bits |= static_cast<uint32_t>(sp[i]) << (8 * i);
+        scale = __uint_as_float(bits);
+        dequant16(load_bytes16(tok + 16 * c, aligned), scale, dst);
+      } else {
+        *reinterpret_cast<Bytes16*>(dst) = load_bytes16(tok + 528 + 16 * (c - fp8_chunks), aligned);
+      }
+    } else {  // MODEL1: 448 e4m3 | 64 bf16 per token; 7 UE8M0 + pad per token after the block
+      const uint8_t* tok = block + 576 * off;
+      if (fp8_values) {
+        const uint8_t* scales = block + 576 * pool.page_block_size + 8 * off;
+        dequant16(load_bytes16(tok + 16 * c, aligned), ue8m0_to_float(scales[c / 4]), dst);
+      } else {
+        *reinterpret_cast<Bytes16*>(dst) = load_bytes16(tok + 448 + 16 * (c - fp8_chunks), aligned);
+      }
+    }
+  }
+}
+
+FMLA_CUDA_NS_END
