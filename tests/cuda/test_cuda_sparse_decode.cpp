@@ -1,9 +1,10 @@
 // The CUDA sparse decode (src/cuda/decode/sparse_decode*.cu) run by the CPU harness on the params
 // the library builds (core::prepare_sparse_decode), against the double-precision reference with
 // FlashMLA's tolerances, as tests/test_sparse_decode.cpp checks the CPU kernel: both FP8 formats
-// and the bf16 cache, topk around the 64-token tile, head counts below / at / above the 16-head
-// group, lengths, extra pool, sink with +-inf entries, all-invalid and zero-length requests,
-// varlen, non-contiguous inputs and schedules that split requests over several parts.
+// and the bf16 cache, topk around the 64-column block and the 32-token tile, head counts below /
+// at / above the 16-head group, lengths, extra pool, sink with +-inf entries, all-invalid and
+// zero-length requests, varlen, non-contiguous inputs and schedules that split requests over
+// several parts; and the tile gather's FP8 dequantisation bit for bit against the codec.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -92,13 +93,16 @@ TEST_P(CudaSparseDecode, MatchesReference) { check_against_reference(GetParam())
 std::vector<Case> cases() {
   std::vector<Case> v;
   uint64_t n = 0;
-  // Both FP8 formats at, below and above the 64-token tile; 16 and 64 heads and a group that
-  // is not full (20, 1); lengths, sink, extra pool with its own lengths and page size.
+  // Both FP8 formats at, below and above the 64-column block and the 32-token tile; 16 and 64
+  // heads and a group that is not full (20, 1); lengths, sink, extra pool with its own lengths
+  // and page size.
   for (int64_t d : {576, 512}) {
     v.push_back({{.batch = 2, .num_heads_q = 16, .d_qk = d, .kv_len = 200, .topk = 64,
                   .page_block_size = 64, .seed = n++}, 1});
     v.push_back({{.batch = 2, .num_heads_q = 16, .d_qk = d, .kv_len = 200, .topk = 63,
                   .page_block_size = 61, .sink = true, .seed = n++}, 2});
+    v.push_back({{.batch = 2, .num_heads_q = 16, .d_qk = d, .kv_len = 100, .topk = 33,
+                  .page_block_size = 7, .topk_length = true, .seed = n++}, 1});
     v.push_back({{.batch = 1, .num_heads_q = 64, .d_qk = d, .kv_len = 300, .topk = 128,
                   .page_block_size = 53, .topk_length = true, .seed = n++}, 3});
     v.push_back({{.batch = 3, .num_heads_q = 20, .d_qk = d, .kv_len = 200, .topk = 65,
@@ -165,7 +169,7 @@ __global__ void gather_tiles(cuda::SparseKvPoolArgs pool, int kind, int aligned,
   auto* s_slot = reinterpret_cast<int32_t*>(sk + 64 * ldk);
   if (threadIdx.x < 64) s_slot[threadIdx.x] = slots[blockIdx.x * 64 + threadIdx.x];
   __syncthreads();
-  cuda::gather_kv_tile(pool, kind, aligned != 0, s_slot, sk, ldk, d_qk);
+  cuda::gather_kv_tile(pool, kind, aligned != 0, s_slot, 64, sk, ldk, d_qk);
   __syncthreads();
   for (int i = static_cast<int>(threadIdx.x); i < 64 * d_qk; i += static_cast<int>(blockDim.x)) {
     rows[(blockIdx.x * 64 + i / d_qk) * d_qk + i % d_qk] = sk[(i / d_qk) * ldk + i % d_qk];

@@ -2,10 +2,11 @@
 // 128 threads (4 warps) per (schedule part, query token, group of 16 heads) walks its part's
 // (request, block) range as cpu/decode/sparse_decode.cpp does: block k of a request is 64
 // columns of its main index list (the first max(ceil(t/64), 1) blocks) or of its extra list.
-// Per block: slots -> shared memory, KV rows gathered and dequantised into a bf16 tile,
-// S = Q K^T (warp w: tokens 16w..16w+15, all 16 heads), online softmax in log2 units across
-// warps, O += P V (warp w: channels 128w..128w+127). Unsplit requests are finalised with the
-// sink; split pieces go to the accumulators for the combine.
+// Per half block (a tile of 32 tokens): slots -> shared memory, KV rows gathered and
+// dequantised into a bf16 tile, S = Q K^T (warp w: tokens 8w..8w+7, all 16 heads), online
+// softmax in log2 units across warps, O += P V (warp w: channels 128w..128w+127). Shared memory
+// ~57 KiB (d_qk 576), so two CTAs fit an A100 SM and three a Hopper one. Unsplit requests are
+// finalised with the sink; split pieces go to the accumulators for the combine.
 #include <cmath>
 
 #include "cuda/common/portable.h"
@@ -16,7 +17,9 @@ FMLA_CUDA_NS_BEGIN
 
 namespace {
 
-constexpr int kThreads = 128, kWarps = 4, kHeads = 16, kTile = 64, kDv = 512;
+constexpr int kThreads = 128, kWarps = 4, kHeads = 16, kDv = 512;
+constexpr int kBlock = 64;  // columns of a schedule block
+constexpr int kTile = 32;   // tokens per shared-memory tile (half a block)
 constexpr int kPad = 8;              // bf16 per row of padding: conflict-free ldmatrix
 constexpr int kLdp = kTile + kPad;   // row stride of P
 constexpr float kInf = INFINITY;
@@ -36,11 +39,11 @@ __device__ __forceinline__ int64_t pool_length(const SparseKvPoolArgs& pool, int
 
 __device__ __forceinline__ int64_t main_blocks(const SparseDecodeArgs& a, int r) {
   const int64_t t = pool_length(a.main, r);
-  return t > 0 ? (t + kTile - 1) / kTile : 1;
+  return t > 0 ? (t + kBlock - 1) / kBlock : 1;
 }
 
 __device__ __forceinline__ int64_t num_blocks(const SparseDecodeArgs& a, int r) {
-  const int64_t extra = a.has_extra ? (pool_length(a.extra, r) + kTile - 1) / kTile : 0;
+  const int64_t extra = a.has_extra ? (pool_length(a.extra, r) + kBlock - 1) / kBlock : 0;
   return main_blocks(a, r) + extra;
 }
 
@@ -103,48 +106,49 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
     FMLA_SDEC_UNROLL
     for (auto& t : o) t[0] = t[1] = t[2] = t[3] = 0.0f;
 
-    for (int64_t blk = blk0; blk < blk1; ++blk) {
+    // Each 64-column schedule block is processed as two 32-token tiles.
+    for (int64_t tile = 2 * blk0; tile < 2 * blk1; ++tile) {
+      const int64_t blk = tile / 2;
       const bool in_main = blk < n_main;
       const SparseKvPoolArgs pool = in_main ? a.main : a.extra;
-      const int64_t c0 = (in_main ? blk : blk - n_main) * kTile;
+      const int64_t b0 = (in_main ? blk : blk - n_main) * kBlock;
       const int64_t len = pool_length(pool, r);
-      const int64_t c1 = c0 + kTile < len ? c0 + kTile : len;
+      const int64_t c0 = b0 + (tile % 2) * kTile;
+      const int64_t c1 = b0 + kBlock < len ? b0 + kBlock : len;
       const int32_t* row = pool.indices + r * pool.indices_stride0 + s * pool.indices_stride1;
-      __syncthreads();  // the previous block's readers of the tile are done (and Q is stored)
+      __syncthreads();  // the previous tile's readers are done (and Q is stored)
       if (tid < kTile) {
         const int64_t col = c0 + tid;
         const int32_t v = col < c1 ? row[col] : -1;
         s_slot[tid] = v < 0 ? -1 : v;
       }
       __syncthreads();
-      if (!__any_sync(kFullMask, s_slot[lane] >= 0 || s_slot[lane + 32] >= 0)) continue;
-      gather_kv_tile(pool, a.kv_kind, a.kv_aligned, s_slot, sk, ldk, d_qk);
+      if (!__any_sync(kFullMask, s_slot[lane] >= 0)) continue;  // the CPU's n == 0
+      gather_kv_tile(pool, a.kv_kind, a.kv_aligned, s_slot, kTile, sk, ldk, d_qk);
       __syncthreads();
 
-      // S = Q K^T for this warp's 16 tokens (two n8 tiles).
-      float acc[2][4] = {};
-      const int tok0 = 16 * warp;
+      // S = Q K^T for this warp's 8 tokens (one n8 tile), 32 channels per ldmatrix of K.
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const int tok0 = 8 * warp;
+      const uint16_t* k_row = sk + (tok0 + lane % 8) * ldk + (lane / 8) * 8;
+      const uint16_t* q_row = sq + (lane % 16) * ldk + (lane / 16) * 8;
       FMLA_SDEC_UNROLL
-      for (int kk = 0; kk < d_qk / 16; ++kk) {
-        uint32_t qa[4], kb[4];
-        ldmatrix<4, false>(qa, sq + (lane % 16) * ldk + 16 * kk + (lane / 16) * 8);
-        ldmatrix<4, false>(kb, sk + (tok0 + (lane / 16) * 8 + lane % 8) * ldk + 16 * kk +
-                                   ((lane / 8) % 2) * 8);
-        const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
-        mma_m16n8k16_bf16(acc[0], qa, b0, acc[0]);
-        mma_m16n8k16_bf16(acc[1], qa, b1, acc[1]);
+      for (int kk = 0; kk < d_qk / 32; ++kk) {
+        uint32_t qa0[4], qa1[4], kb[4];
+        ldmatrix<4, false>(qa0, q_row + 32 * kk);
+        ldmatrix<4, false>(qa1, q_row + 32 * kk + 16);
+        ldmatrix<4, false>(kb, k_row + 32 * kk);
+        const uint32_t kb0[2] = {kb[0], kb[1]}, kb1[2] = {kb[2], kb[3]};
+        mma_m16n8k16_bf16(acc, qa0, kb0, acc);
+        mma_m16n8k16_bf16(acc, qa1, kb1, acc);
       }
 
       // Online softmax (log2 units); invalid columns are -inf, so p = 0 there.
       float row_max[2] = {-kInf, -kInf};
       FMLA_SDEC_UNROLL
-      for (int nt = 0; nt < 2; ++nt) {
-        FMLA_SDEC_UNROLL
-        for (int j = 0; j < 4; ++j) {
-          const int col = tok0 + 8 * nt + 2 * q4 + (j & 1);
-          acc[nt][j] = s_slot[col] >= 0 ? acc[nt][j] * a.scale_log2 : -kInf;
-          row_max[j / 2] = fmaxf(row_max[j / 2], acc[nt][j]);
-        }
+      for (int j = 0; j < 4; ++j) {
+        acc[j] = s_slot[tok0 + 2 * q4 + (j & 1)] >= 0 ? acc[j] * a.scale_log2 : -kInf;
+        row_max[j / 2] = fmaxf(row_max[j / 2], acc[j]);
       }
       FMLA_SDEC_UNROLL
       for (int i = 0; i < 2; ++i) {
@@ -152,31 +156,19 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
         if (q4 == 0) s_max[warp * kHeads + g + 8 * i] = row_max[i];
       }
       __syncthreads();
-      float alpha[2], m_use[2];
+      float alpha[2], row_sum[2];
       FMLA_SDEC_UNROLL
       for (int i = 0; i < 2; ++i) {
         float t = m[i];
         FMLA_SDEC_UNROLL
         for (int w = 0; w < kWarps; ++w) t = fmaxf(t, s_max[w * kHeads + g + 8 * i]);
-        m_use[i] = t == -kInf ? 0.0f : t;
-        alpha[i] = exp2f(m[i] - m_use[i]);
+        const float m_use = t == -kInf ? 0.0f : t;
+        alpha[i] = exp2f(m[i] - m_use);
         m[i] = t;
-      }
-      float row_sum[2] = {0.0f, 0.0f};
-      FMLA_SDEC_UNROLL
-      for (int nt = 0; nt < 2; ++nt) {
-        FMLA_SDEC_UNROLL
-        for (int i = 0; i < 2; ++i) {
-          const float p0 = exp2f(acc[nt][2 * i] - m_use[i]);
-          const float p1 = exp2f(acc[nt][2 * i + 1] - m_use[i]);
-          row_sum[i] += p0 + p1;
-          *reinterpret_cast<uint32_t*>(sp + (g + 8 * i) * kLdp + tok0 + 8 * nt + 2 * q4) =
-              pack_bf16x2(p0, p1);
-        }
-      }
-      FMLA_SDEC_UNROLL
-      for (int i = 0; i < 2; ++i) {
-        row_sum[i] = quad_sum(row_sum[i]);
+        const float p0 = exp2f(acc[2 * i] - m_use), p1 = exp2f(acc[2 * i + 1] - m_use);
+        *reinterpret_cast<uint32_t*>(sp + (g + 8 * i) * kLdp + tok0 + 2 * q4) =
+            pack_bf16x2(p0, p1);
+        row_sum[i] = quad_sum(p0 + p1);
         if (q4 == 0) s_sum[warp * kHeads + g + 8 * i] = row_sum[i];
       }
       __syncthreads();
@@ -203,9 +195,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
           uint32_t vb[4];
           ldmatrix<4, true>(vb, sk + (16 * ks + ((lane / 8) % 2) * 8 + lane % 8) * ldk + n0 +
                                     (lane / 16) * 8);
-          const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
-          mma_m16n8k16_bf16(o[2 * np], pa, b0, o[2 * np]);
-          mma_m16n8k16_bf16(o[2 * np + 1], pa, b1, o[2 * np + 1]);
+          const uint32_t vb0[2] = {vb[0], vb[1]}, vb1[2] = {vb[2], vb[3]};
+          mma_m16n8k16_bf16(o[2 * np], pa, vb0, o[2 * np]);
+          mma_m16n8k16_bf16(o[2 * np + 1], pa, vb1, o[2 * np + 1]);
         }
       }
     }

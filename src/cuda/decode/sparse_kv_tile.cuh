@@ -1,5 +1,5 @@
-// Sparse decode's KV tile: up to 64 cache slots gathered by index into shared memory as bf16 rows
-// (V = the first 512 channels of the same rows). FP8 tokens (V32, MODEL1; reference §4) are
+// Sparse decode's KV tile: a few dozen cache slots gathered by index into shared memory as bf16
+// rows (V = the first 512 channels of the same rows). FP8 tokens (V32, MODEL1; reference §4) are
 // dequantised with the CPU codec's numerics bit for bit (cpu/common/kv_codec.cpp); bf16 pools
 // are copied. Slots < 0 (invalid or past the length) become rows of zeros, so that no byte of an
 // unreferenced token (NaN in the tests) reaches P·V.
@@ -88,20 +88,20 @@ FMLA_SDEC_UNROLL
   reinterpret_cast<Bytes16*>(dst)[1] = out[1];
 }
 
-// Fills rows [0, 64) of sk (row stride ldk bf16, d_qk channels) from the slots in s_slot
+// Fills rows [0, tokens) of sk (row stride ldk bf16, d_qk channels) from the slots in s_slot
 // (-1: zeros). Every thread of the block takes part; the caller synchronises before and after.
 // `aligned`: the pool's data and strides are multiples of 16 bytes.
 __device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int kind, bool aligned,
-                                               const int32_t* s_slot, uint16_t* sk, int ldk,
-                                               int d_qk) {
-  constexpr int kTile = 64;
+                                               const int32_t* s_slot, int tokens, uint16_t* sk,
+                                               int ldk, int d_qk) {
   // Work items per token, 16 source bytes each: bf16 rows in chunks of 8 channels; FP8 tokens
   // in chunks of 16 quantised channels, then the 64 bf16 RoPE channels in 8 chunks.
   const int d_nope = kind == kSparseKvV32 ? 512 : 448;
   const int fp8_chunks = d_nope / 16;
   const int items = kind == kSparseKvBf16 ? d_qk / 8 : fp8_chunks + 8;
   const Bytes16 zero = {{0u, 0u, 0u, 0u}};
-  for (int it = static_cast<int>(threadIdx.x); it < kTile * items; it += static_cast<int>(blockDim.x)) {
+  const int step = static_cast<int>(blockDim.x);
+  for (int it = static_cast<int>(threadIdx.x); it < tokens * items; it += step) {
     const int t = it / items, c = it % items;
     uint16_t* row = sk + t * ldk;
     const int32_t v = s_slot[t];
