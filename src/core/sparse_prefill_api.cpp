@@ -4,12 +4,14 @@
 
 #include "core/check.h"
 #include "core/sparse_prefill_params.h"
+#include "core/sparse_prefill_prepare.h"
 #include "cpu/prefill/sparse_prefill.h"
 #include "flashmla/flashmla.h"
 
 namespace flashmla {
 
-void flash_mla_sparse_fwd(const SparsePrefillArgs& a, const Context& ctx) {
+core::SparsePrefillParams core::prepare_sparse_prefill(const SparsePrefillArgs& a,
+                                                       const Context& ctx) {
   core::Checker c("flash_mla_sparse_fwd");
   const int num_threads = core::checked_num_threads(c, ctx);
 
@@ -60,7 +62,7 @@ void flash_mla_sparse_fwd(const SparsePrefillArgs& a, const Context& ctx) {
   c.tensor(a.lse, "lse", {DType::fp32}, {s_q, h_q}, false);
   c.non_overlapping(a.lse, "lse");
 
-  cpu::prefill::run_sparse_prefill({
+  return {
       .q_len = s_q, .kv_len = s_kv, .num_heads_q = h_q, .d_qk = d_qk, .d_v = 512, .topk = topk,
       .scale_log2 = scale_log2,
       .q = a.q.ptr<const uint16_t>(),
@@ -78,7 +80,11 @@ void flash_mla_sparse_fwd(const SparsePrefillArgs& a, const Context& ctx) {
       .lse = a.lse.ptr<float>(),
       .lse_stride = {a.lse.stride(0), a.lse.stride(1)},
       .num_threads = num_threads,
-  });
+  };
+}
+
+void flash_mla_sparse_fwd(const SparsePrefillArgs& a, const Context& ctx) {
+  cpu::prefill::run_sparse_prefill(core::prepare_sparse_prefill(a, ctx));
 }
 
 }  // namespace flashmla
