@@ -6,6 +6,7 @@
 
 #include "core/check.h"
 #include "core/decode_params.h"
+#include "core/decode_prepare.h"
 #include "core/schedule_arg.h"
 #include "core/scheduler.h"
 #include "core/sparse_decode_call.h"
@@ -26,8 +27,12 @@ std::string at(const char* name, std::initializer_list<int64_t> idx) {
   return s;
 }
 
+}  // namespace
+
+namespace core {
+
 // Checks everything and fills params (except the schedule and the accumulators).
-core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
+DenseDecodeParams validate_dense_decode(const MlaDecodeArgs& a, const Context& ctx) {
   core::Checker c(kFn);
   const int num_threads = core::checked_num_threads(c, ctx);
   // q fixes batch, q_len, num_heads_q and the dtype.
@@ -158,9 +163,9 @@ core::DenseDecodeParams validate(const MlaDecodeArgs& a, const Context& ctx) {
 }
 
 // Validation (throws) and the schedule of a dense call.
-core::DenseDecodeParams prepare(const MlaDecodeArgs& args, const Context& ctx,
-                                core::ResolvedSchedule& sched) {
-  core::DenseDecodeParams p = validate(args, ctx);
+DenseDecodeParams prepare_dense_decode(const MlaDecodeArgs& args, const Context& ctx,
+                                       ResolvedSchedule& sched) {
+  core::DenseDecodeParams p = validate_dense_decode(args, ctx);
   core::resolve_schedule(core::Checker(kFn), args.tile_scheduler_metadata, args.num_splits,
                          std::span<const int32_t>(p.cache_seqlens, p.batch), p.num_threads,
                          "cache_seqlens", sched);
@@ -170,12 +175,12 @@ core::DenseDecodeParams prepare(const MlaDecodeArgs& args, const Context& ctx,
   return p;
 }
 
-}  // namespace
+}  // namespace core
 
 void flash_mla_with_kvcache(const MlaDecodeArgs& args, const Context& ctx) {
   if (args.indices.defined()) return core::sparse_decode_call(args, ctx, /*run=*/true);
   core::ResolvedSchedule sched;
-  core::DenseDecodeParams p = prepare(args, ctx, sched);
+  core::DenseDecodeParams p = core::prepare_dense_decode(args, ctx, sched);
   core::allocate_accumulators(sched, p.batch, p.q_len, p.num_heads_q, p.d_v);
   p.lse_accum = sched.lse_accum.empty() ? nullptr : sched.lse_accum.data();
   p.o_accum = sched.o_accum.empty() ? nullptr : sched.o_accum.data();
@@ -189,7 +194,7 @@ std::optional<std::string> flash_mla_with_kvcache_can_run(const MlaDecodeArgs& a
       core::sparse_decode_call(args, ctx, /*run=*/false);
     } else {
       core::ResolvedSchedule sched;
-      prepare(args, ctx, sched);
+      core::prepare_dense_decode(args, ctx, sched);
     }
   } catch (const Error& e) {
     return std::string(e.what());

@@ -1,0 +1,16 @@
+// Dense MLA decode on the GPU (portable SM80+ kernel): the CUDA twin of cpu/decode/dense_decode.h.
+#pragma once
+
+#include "core/decode_params.h"
+#include "cuda/common/namespace.h"
+
+FMLA_CUDA_NS_BEGIN
+
+// Same contract as cpu::decode::run_dense_decode (p.num_threads is ignored): runs every part of
+// the schedule, then combines split requests. Every pointer of p is a device pointer; `stream`
+// is a cudaStream_t (null = default stream). Asynchronous on the GPU, synchronous in the
+// harness. Throws flashmla::Error (unsupported) for an FP8 V32 cache (p.kv_fp8_v32), which this
+// kernel does not read yet.
+void run_dense_decode(const core::DenseDecodeParams& p, void* stream);
+
+FMLA_CUDA_NS_END
