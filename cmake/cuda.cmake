@@ -190,10 +190,26 @@ add_library(flashmla_cuda STATIC ${FLASHMLA_CUDA_SOURCES})
 # Only what is set here: the directory's host compile options (e.g. -fsanitize= from
 # FLASHMLA_SANITIZE) are not nvcc options.
 set_property(TARGET flashmla_cuda PROPERTY COMPILE_OPTIONS "")
+# nvcc's --generate-code flags written here rather than through CUDA_ARCHITECTURES: CMake
+# versions before 3.24-ish reject the "a" suffix (90a) there, and this project supports 3.22.
+set(_fmla_gencode "")
+foreach(entry ${_fmla_archs})
+  if(NOT entry MATCHES "^([0-9]+[af]?)(-real|-virtual)?$")
+    message(FATAL_ERROR "CUDA architecture '${entry}' is not of the form NN[a|f][-real|-virtual]")
+  endif()
+  set(arch ${CMAKE_MATCH_1})
+  if(NOT CMAKE_MATCH_2 STREQUAL "-virtual")
+    list(APPEND _fmla_gencode "--generate-code=arch=compute_${arch},code=[sm_${arch}]")
+  endif()
+  if(NOT CMAKE_MATCH_2 STREQUAL "-real")
+    list(APPEND _fmla_gencode "--generate-code=arch=compute_${arch},code=[compute_${arch}]")
+  endif()
+endforeach()
 set_target_properties(flashmla_cuda PROPERTIES
-  CUDA_ARCHITECTURES "${_fmla_archs}"
+  CUDA_ARCHITECTURES OFF
   CUDA_SEPARABLE_COMPILATION OFF
   POSITION_INDEPENDENT_CODE ON)
+target_compile_options(flashmla_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:${_fmla_gencode}>)
 target_include_directories(flashmla_cuda PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include)
 target_compile_options(flashmla_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:--resource-usage>
