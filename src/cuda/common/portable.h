@@ -36,6 +36,16 @@
 #define FMLA_CUDA_ARCH 0
 #endif
 
+// ---- loop unrolling ----
+// FMLA_UNROLL before a loop: full unrolling under nvcc, where register arrays indexed by the loop
+// variable must stay in registers; nothing for the host compiler of the harness (which has its
+// own heuristics and would warn about the pragma).
+#if defined(__CUDACC__)
+#define FMLA_UNROLL _Pragma("unroll")
+#else
+#define FMLA_UNROLL
+#endif
+
 // ---- launch ----
 // FMLA_LAUNCH(kernel, grid, block, smem_bytes, stream, args...): on the GPU a <<<>>> launch on
 // `stream` (cudaStream_t, may be null) after raising the kernel's dynamic shared memory limit;

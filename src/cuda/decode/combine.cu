@@ -14,13 +14,6 @@
 
 #include "cuda/common/portable.h"
 
-// #pragma unroll for nvcc only (the host compiler warns about the unknown pragma).
-#if defined(__CUDACC__)
-#define FMLA_COMBINE_UNROLL _Pragma("unroll")
-#else
-#define FMLA_COMBINE_UNROLL
-#endif
-
 FMLA_CUDA_NS_BEGIN
 
 namespace {
@@ -49,7 +42,7 @@ __device__ __forceinline__ int column(int lane, int i) {
 template <bool kVec>
 __device__ __forceinline__ void store_out(const core::CombineParams& p, void* out_row, int64_t c0,
                                           const float (&acc)[kColsPerLane], int lane) {
-FMLA_COMBINE_UNROLL
+FMLA_UNROLL
   for (int i = 0; i < kColsPerLane; i += (kVec ? 4 : 1)) {
     const int64_t c = c0 + column<kVec>(lane, i);
     if (c >= p.d_v) break;  // d_v % 4 == 0 in the vectorised path: whole float4s
@@ -125,7 +118,7 @@ __device__ __forceinline__ void combine_row(const core::CombineParams& p, int64_
                       (r * p.out_stride[0] + s * p.out_stride[1] + h * p.out_stride[2]);
   for (int64_t c0 = 0; c0 < p.d_v; c0 += kChunk) {
     float acc[kColsPerLane];
-FMLA_COMBINE_UNROLL
+FMLA_UNROLL
     for (int i = 0; i < kColsPerLane; ++i) acc[i] = 0.0f;
     const int64_t cols = p.d_v - c0;  // columns of this chunk: min(cols, kChunk)
     for (int k0 = 0; k0 < n; k0 += 32) {
@@ -137,7 +130,7 @@ FMLA_COMBINE_UNROLL
         if (w == 0.0f) continue;  // an empty piece adds nothing (uniform over the warp)
         const float* o = o_row + (k0 + j) * os + c0;
         if constexpr (kVec) {
-FMLA_COMBINE_UNROLL
+FMLA_UNROLL
           for (int v = 0; v < kVecPerLane; ++v) {
             const int c = column<true>(lane, 4 * v);
             if (c >= cols) break;
@@ -148,7 +141,7 @@ FMLA_COMBINE_UNROLL
             acc[4 * v + 3] += __fmul_rn(w, x.w);
           }
         } else {
-FMLA_COMBINE_UNROLL
+FMLA_UNROLL
           for (int i = 0; i < kColsPerLane; ++i) {
             const int c = column<false>(lane, i);
             if (c >= cols) break;

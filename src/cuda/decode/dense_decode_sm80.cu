@@ -14,12 +14,6 @@
 #include "cuda/common/portable.h"
 #include "cuda/decode/dense_decode_sm80.h"
 
-// Loop unrolling hint for nvcc (the host compiler of the harness does not know the pragma).
-#if defined(__CUDACC__)
-#define DENSE_DECODE_UNROLL _Pragma("unroll")
-#else
-#define DENSE_DECODE_UNROLL
-#endif
 
 FMLA_CUDA_NS_BEGIN
 
@@ -238,7 +232,7 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
       for (int ks = 0; ks < kTile / 16; ++ks) {
         uint32_t pa[4];
         ldmatrix<4, false>(pa, p_row + 16 * ks);
-        DENSE_DECODE_UNROLL
+        FMLA_UNROLL
         for (int np = 0; np < 8; ++np) {
           uint32_t vb[4];
           ldmatrix<4, true>(vb, v_row + 16 * ks * kLdk + 16 * np);

@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
     load_q(a, r, s, h0, nh, sq, ldk);
     float m[2] = {-kInf, -kInf}, l[2] = {0.0f, 0.0f};
     float o[16][4];
-    FMLA_SDEC_UNROLL
+    FMLA_UNROLL
     for (auto& t : o) t[0] = t[1] = t[2] = t[3] = 0.0f;
 
     // Each 64-column schedule block is processed as two 32-token tiles.
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
       const int tok0 = 8 * warp;
       const uint16_t* k_row = sk + (tok0 + lane % 8) * ldk + (lane / 8) * 8;
       const uint16_t* q_row = sq + (lane % 16) * ldk + (lane / 16) * 8;
-      FMLA_SDEC_UNROLL
+      FMLA_UNROLL
       for (int kk = 0; kk < d_qk / 32; ++kk) {
         uint32_t qa0[4], qa1[4], kb[4];
         ldmatrix<4, false>(qa0, q_row + 32 * kk);
@@ -145,22 +145,22 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
 
       // Online softmax (log2 units); invalid columns are -inf, so p = 0 there.
       float row_max[2] = {-kInf, -kInf};
-      FMLA_SDEC_UNROLL
+      FMLA_UNROLL
       for (int j = 0; j < 4; ++j) {
         acc[j] = s_slot[tok0 + 2 * q4 + (j & 1)] >= 0 ? acc[j] * a.scale_log2 : -kInf;
         row_max[j / 2] = fmaxf(row_max[j / 2], acc[j]);
       }
-      FMLA_SDEC_UNROLL
+      FMLA_UNROLL
       for (int i = 0; i < 2; ++i) {
         row_max[i] = quad_max(row_max[i]);
         if (q4 == 0) s_max[warp * kHeads + g + 8 * i] = row_max[i];
       }
       __syncthreads();
       float alpha[2], row_sum[2];
-      FMLA_SDEC_UNROLL
+      FMLA_UNROLL
       for (int i = 0; i < 2; ++i) {
         float t = m[i];
-        FMLA_SDEC_UNROLL
+        FMLA_UNROLL
         for (int w = 0; w < kWarps; ++w) t = fmaxf(t, s_max[w * kHeads + g + 8 * i]);
         const float m_use = t == -kInf ? 0.0f : t;
         alpha[i] = exp2f(m[i] - m_use);
@@ -172,24 +172,24 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
         if (q4 == 0) s_sum[warp * kHeads + g + 8 * i] = row_sum[i];
       }
       __syncthreads();
-      FMLA_SDEC_UNROLL
+      FMLA_UNROLL
       for (int i = 0; i < 2; ++i) {
         float t = 0.0f;
-        FMLA_SDEC_UNROLL
+        FMLA_UNROLL
         for (int w = 0; w < kWarps; ++w) t += s_sum[w * kHeads + g + 8 * i];
         l[i] = l[i] * alpha[i] + t;
       }
-      FMLA_SDEC_UNROLL
+      FMLA_UNROLL
       for (auto& t : o) {
         t[0] *= alpha[0], t[1] *= alpha[0], t[2] *= alpha[1], t[3] *= alpha[1];
       }
 
       // O += P V for this warp's 128 channels (16 n8 tiles).
-      FMLA_SDEC_UNROLL
+      FMLA_UNROLL
       for (int ks = 0; ks < kTile / 16; ++ks) {
         uint32_t pa[4];
         ldmatrix<4, false>(pa, sp + (lane % 16) * kLdp + 16 * ks + (lane / 16) * 8);
-        FMLA_SDEC_UNROLL
+        FMLA_UNROLL
         for (int np = 0; np < 8; ++np) {
           const int n0 = 128 * warp + 16 * np;
           uint32_t vb[4];
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
     }
 
     // Finalise this piece: rows g and g + 8 of the head group.
-    FMLA_SDEC_UNROLL
+    FMLA_UNROLL
     for (int i = 0; i < 2; ++i) {
       const int hr = g + 8 * i;
       if (hr >= nh) continue;
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
         const int64_t arow = (slot * a.q_len + s) * a.num_heads_q + h;
         const float factor = empty ? 0.0f : 1.0f / l[i];
         float* dst = a.o_accum + arow * kDv + 128 * warp + 2 * q4;
-        FMLA_SDEC_UNROLL
+        FMLA_UNROLL
         for (int nt = 0; nt < 16; ++nt) {
           dst[8 * nt] = o[nt][2 * i] * factor;
           dst[8 * nt + 1] = o[nt][2 * i + 1] * factor;
@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
       }
       uint16_t* dst = a.out + r * a.out_stride[0] + s * a.out_stride[1] + h * a.out_stride[2] +
                       128 * warp + 2 * q4;
-      FMLA_SDEC_UNROLL
+      FMLA_UNROLL
       for (int nt = 0; nt < 16; ++nt) {
         dst[8 * nt] = static_cast<uint16_t>(float_to_bf16_bits(o[nt][2 * i] * factor));
         dst[8 * nt + 1] = static_cast<uint16_t>(float_to_bf16_bits(o[nt][2 * i + 1] * factor));

@@ -7,14 +7,6 @@
 
 #include "cuda/common/portable.h"
 
-// Full unrolling where nvcc must keep register arrays in registers (the host compiler has its
-// own heuristics and would warn about the pragma).
-#if defined(__CUDACC__)
-#define FMLA_SDEC_UNROLL _Pragma("unroll")
-#else
-#define FMLA_SDEC_UNROLL
-#endif
-
 FMLA_CUDA_NS_BEGIN
 
 enum SparseKvKind : int { kSparseKvBf16 = 0, kSparseKvV32 = 1, kSparseKvModel1 = 2 };
@@ -38,7 +30,7 @@ __device__ __forceinline__ Bytes16 load_bytes16(const uint8_t* p, bool aligned) 
   if (aligned) return *reinterpret_cast<const Bytes16*>(p);
   Bytes16 v;
   auto* d = reinterpret_cast<unsigned char*>(v.w);
-FMLA_SDEC_UNROLL
+FMLA_UNROLL
   for (int i = 0; i < 16; ++i) d[i] = p[i];
   return v;
 }
@@ -76,7 +68,7 @@ __device__ __forceinline__ float ue8m0_to_float(uint32_t e) {
 __device__ __forceinline__ void dequant16(const Bytes16& v, float scale, uint16_t* dst) {
   Bytes16 out[2];
   const auto* b = reinterpret_cast<const unsigned char*>(v.w);
-FMLA_SDEC_UNROLL
+FMLA_UNROLL
   for (int i = 0; i < 8; ++i) {
     const float x0 = fp8_e4m3_to_float(b[2 * i]), x1 = fp8_e4m3_to_float(b[2 * i + 1]);
     // A NaN code stays that NaN whatever the scale, as in the CPU codec.

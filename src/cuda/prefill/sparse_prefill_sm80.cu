@@ -11,13 +11,6 @@
 #include "cuda/common/portable.h"
 #include "cuda/prefill/sparse_prefill_sm80.h"
 
-// Full unrolling where nvcc must keep register arrays in registers (the host compiler has its
-// own heuristics and would warn about the pragma).
-#if defined(__CUDACC__)
-#define FMLA_SPF_UNROLL _Pragma("unroll")
-#else
-#define FMLA_SPF_UNROLL
-#endif
 
 FMLA_CUDA_NS_BEGIN
 
@@ -54,7 +47,7 @@ __device__ __forceinline__ void copy16(uint16_t* dst, const uint16_t* src, bool 
     cp_async_16(dst, src, valid ? 16 : 0);
     return;
   }
-  FMLA_SPF_UNROLL
+  FMLA_UNROLL
   for (int i = 0; i < 8; ++i) dst[i] = valid ? src[i] : uint16_t{0};
 }
 
@@ -125,7 +118,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   float m[2] = {-kInf, -kInf}, l[2] = {0.0f, 0.0f};  // per row g, g + 8; m in log2 units
   float o[16][4];
-  FMLA_SPF_UNROLL
+  FMLA_UNROLL
   for (auto& t : o) t[0] = t[1] = t[2] = t[3] = 0.0f;
 
   if (n_tiles > 0) {
@@ -151,11 +144,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       // S = Q K^T for this warp's 8 tokens; two accumulators (even / odd 16-channel steps).
       const int tok0 = 8 * warp;
       float acc[2][4] = {};
-      FMLA_SPF_UNROLL
+      FMLA_UNROLL
       for (int kk = 0; kk < kD / 32; ++kk) {
         uint32_t kb[4], qa[4];
         ldmatrix<4, false>(kb, sk + (tok0 + lane % 8) * kLd + 32 * kk + (lane / 8) * 8);
-        FMLA_SPF_UNROLL
+        FMLA_UNROLL
         for (int h = 0; h < 2; ++h) {
           ldmatrix<4, false>(qa, sq + (lane % 16) * kLd + 32 * kk + 16 * h + (lane / 16) * 8);
           const uint32_t b[2] = {kb[2 * h], kb[2 * h + 1]};
@@ -165,7 +158,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
       // Online softmax (log2 units); invalid columns are -inf, so p = 0 there.
       float s[4], row_max[2] = {-kInf, -kInf};
-      FMLA_SPF_UNROLL
+      FMLA_UNROLL
       for (int e = 0; e < 4; ++e) {
         s[e] = valid[tok0 + 2 * q4 + (e & 1)] ? (acc[0][e] + acc[1][e]) * a.scale_log2 : -kInf;
         row_max[e / 2] = fmaxf(row_max[e / 2], s[e]);
@@ -178,10 +171,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       __syncthreads();
       float alpha[2], row_sum[2];
-      FMLA_SPF_UNROLL
+      FMLA_UNROLL
       for (int i = 0; i < 2; ++i) {
         float t = m[i];
-        FMLA_SPF_UNROLL
+        FMLA_UNROLL
         for (int w = 0; w < kWarps; ++w) t = fmaxf(t, s_max[w * kHeads + g + 8 * i]);
         const float m_use = t == -kInf ? 0.0f : t;
         alpha[i] = exp2f(m[i] - m_use);
@@ -193,24 +186,24 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (q4 == 0) s_sum[warp * kHeads + g + 8 * i] = row_sum[i];
       }
       __syncthreads();
-      FMLA_SPF_UNROLL
+      FMLA_UNROLL
       for (int i = 0; i < 2; ++i) {
         float t = 0.0f;
-        FMLA_SPF_UNROLL
+        FMLA_UNROLL
         for (int w = 0; w < kWarps; ++w) t += s_sum[w * kHeads + g + 8 * i];
         l[i] = l[i] * alpha[i] + t;
       }
-      FMLA_SPF_UNROLL
+      FMLA_UNROLL
       for (auto& t : o) {
         t[0] *= alpha[0], t[1] *= alpha[0], t[2] *= alpha[1], t[3] *= alpha[1];
       }
 
       // O += P V for this warp's 128 channels (16 n8 tiles).
-      FMLA_SPF_UNROLL
+      FMLA_UNROLL
       for (int ks = 0; ks < kTile / 16; ++ks) {
         uint32_t pa[4];
         ldmatrix<4, false>(pa, sp + (lane % 16) * kLdp + 16 * ks + (lane / 16) * 8);
-        FMLA_SPF_UNROLL
+        FMLA_UNROLL
         for (int np = 0; np < 8; ++np) {
           uint32_t vb[4];
           ldmatrix<4, true>(vb, sk + (16 * ks + ((lane / 8) % 2) * 8 + lane % 8) * kLd +
@@ -226,7 +219,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // Epilogue: rows g and g + 8 of the head group, staged as bf16 in the first KV stage.
   uint16_t* so = skv;
-  FMLA_SPF_UNROLL
+  FMLA_UNROLL
   for (int i = 0; i < 2; ++i) {
     const int hr = g + 8 * i;
     float factor = 0.0f, max_logit = -kInf, lse = kInf;  // empty row: out 0
@@ -238,7 +231,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         factor /= 1.0f + expf(a.attn_sink[h0 + hr] - lse);  // sink +inf: 0; -inf: unchanged
       }
     }
-    FMLA_SPF_UNROLL
+    FMLA_UNROLL
     for (int nt = 0; nt < 16; ++nt) {
       *reinterpret_cast<uint32_t*>(so + hr * kLdo + 128 * warp + 8 * nt + 2 * q4) =
           pack_bf16x2(o[nt][2 * i] * factor, o[nt][2 * i + 1] * factor);
@@ -259,7 +252,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (a.out_aligned) {
       *reinterpret_cast<Bytes16*>(dst) = *reinterpret_cast<const Bytes16*>(src);
     } else {
-      FMLA_SPF_UNROLL
+      FMLA_UNROLL
       for (int e = 0; e < 8; ++e) dst[e] = src[e];
     }
   }
