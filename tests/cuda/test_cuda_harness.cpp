@@ -55,6 +55,44 @@ TEST(CudaHarnessBlock, MissingBarrierReadsPoisonedSharedMemory) {
   EXPECT_LT(poisoned, n);  // and the order is random, not "everyone before everyone"
 }
 
+// Each thread writes its slot, meets its warp at a shuffle (as a kernel's row max would), then
+// reads a slot of the next warp. Only a __syncthreads orders that read after the other warp's
+// write; the shuffle orders nothing across warps.
+__global__ void read_next_warp_after_shuffle(int* out, int with_barrier) {
+  int* s = reinterpret_cast<int*>(dynamic_smem());
+  const int t = threadIdx.x, n = blockDim.x;
+  s[t] = t;
+  const int partner = __shfl_xor_sync(0xffffffffu, t, 1);
+  if (with_barrier) __syncthreads();
+  out[blockIdx.x * n + t] = partner == (t ^ 1) ? s[(t + 32) % n] : -2;
+}
+
+TEST(CudaHarnessBlock, MissingBarrierBetweenWarpCollectivesIsCaught) {
+  // A schedule that moves all warps in step would let every thread write before any reads
+  // (each passes the shuffle in the same round): the missing barrier would go unseen. Warps
+  // that drift or run ahead make some reads see the 0xFF fill (-1).
+  const int n = 128, blocks = 24;
+  std::vector<int> out(n * blocks);
+  for (int with_barrier = 1; with_barrier >= 0; --with_barrier) {
+    FMLA_LAUNCH(read_next_warp_after_shuffle, dim3(blocks), dim3(n), n * sizeof(int), nullptr,
+                out.data(), with_barrier);
+    int stale = 0, wrong = 0;
+    for (int b = 0; b < blocks; ++b) {
+      for (int t = 0; t < n; ++t) {
+        const int v = out[b * n + t];
+        stale += v == -1;
+        wrong += v != -1 && v != (t + 32) % n;
+      }
+    }
+    EXPECT_EQ(wrong, 0);
+    if (with_barrier) {
+      EXPECT_EQ(stale, 0);
+    } else {
+      EXPECT_GT(stale, 0) << "no schedule let a warp read before the next warp wrote";
+    }
+  }
+}
+
 __global__ void record_order(int* order, int* counter) {
   order[threadIdx.x] = (*counter)++;
 }

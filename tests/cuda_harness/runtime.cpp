@@ -1,4 +1,4 @@
-// The harness's scheduler: fibers per CUDA thread, block and warp barriers, random order.
+// The harness's scheduler: fibers per CUDA thread, block and warp barriers, random schedules.
 #include "cuda_harness/runtime.h"
 
 #include <algorithm>
@@ -80,6 +80,7 @@ struct Block {
   std::string error;  // first error raised by a thread
   bool aborting = false;  // after an error: every barrier throws BlockAborted
   uint64_t switches = 0;
+  const char* policy = "";  // the schedule run_block drew for this block
 #if defined(FMLA_HARNESS_ASAN)
   const void* main_stack_bottom = nullptr;
   size_t main_stack_size = 0;
@@ -310,19 +311,77 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
     tl_thread = nullptr;
     ++b.switches;
   };
-  std::vector<int> order(n);
-  for (;;) {
-    order.clear();
-    for (int i = 0; i < n; ++i) {
-      if (b.threads[i].state == State::runnable) order.push_back(i);
+  // The block's schedule, drawn from its seeded generator (so the seed reproduces it):
+  //  - rounds: every runnable thread once per round, in a shuffled order. Segments of all
+  //    threads interleave as finely as possible, but warps move in step.
+  //  - random walk: each step a random warp that can run, then a random runnable lane of it.
+  //    Warps drift apart, one running a segment or more ahead of another.
+  //  - warp priority: warps in a random priority order; each step runs the highest one that
+  //    can, so a warp reaches its next __syncthreads (passing every warp collective on the way)
+  //    before a lower one moves at all.
+  // The last two expose a barrier missing between two warp collectives, which rounds hide.
+  enum class Policy { rounds, random_walk, warp_priority };
+  const auto policy = static_cast<Policy>(rng() % 3);
+  b.policy = policy == Policy::rounds        ? "rounds"
+             : policy == Policy::random_walk ? "random walk"
+                                             : "warp priority";
+  const int warps = (n + 31) / 32;
+  std::vector<int> order(n), warp_rank(warps), lanes;
+  for (int w = 0; w < warps; ++w) warp_rank[w] = w;
+  std::shuffle(warp_rank.begin(), warp_rank.end(), rng);
+  // The runnable threads of warp w, in `lanes`; false if none.
+  auto runnable_lanes = [&](int w) {
+    lanes.clear();
+    for (int i = w * 32; i < std::min(n, w * 32 + 32); ++i) {
+      if (b.threads[i].state == State::runnable) lanes.push_back(i);
     }
-    if (order.empty() || !b.error.empty()) break;
-    std::shuffle(order.begin(), order.end(), rng);
-    for (int i : order) {
-      Thread& t = b.threads[i];
-      if (t.state != State::runnable) continue;
-      resume(t);
-      if (!b.error.empty()) break;
+    return !lanes.empty();
+  };
+  auto pick = [&](std::vector<int>& from) {
+    return from[static_cast<size_t>(rng() % from.size())];
+  };
+  if (policy == Policy::rounds) {
+    for (;;) {
+      order.clear();
+      for (int i = 0; i < n; ++i) {
+        if (b.threads[i].state == State::runnable) order.push_back(i);
+      }
+      if (order.empty() || !b.error.empty()) break;
+      std::shuffle(order.begin(), order.end(), rng);
+      for (int i : order) {
+        Thread& t = b.threads[i];
+        if (t.state != State::runnable) continue;
+        resume(t);
+        if (!b.error.empty()) break;
+      }
+    }
+  } else {
+    while (b.error.empty()) {
+      int next = -1;
+      if (policy == Policy::warp_priority) {
+        for (int w : warp_rank) {
+          if (runnable_lanes(w)) {
+            next = pick(lanes);
+            break;
+          }
+        }
+      } else {
+        order.clear();  // here: the warps that can run
+        for (int w = 0; w < warps; ++w) {
+          for (int i = w * 32; i < std::min(n, w * 32 + 32); ++i) {
+            if (b.threads[i].state == State::runnable) {
+              order.push_back(w);
+              break;
+            }
+          }
+        }
+        if (!order.empty()) {
+          runnable_lanes(pick(order));
+          next = pick(lanes);
+        }
+      }
+      if (next < 0) break;
+      resume(b.threads[next]);
     }
   }
   if (b.error.empty()) {
@@ -376,7 +435,7 @@ LaunchStats launch_blocks(const char* name, dim3 grid, dim3 block, size_t smem_b
   LaunchStats stats;
   stats.seed = next_seed();
   stats.blocks = blocks;
-  std::string error;
+  std::string error, error_policy;
   std::atomic<uint64_t> switches{0};
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t bi = 0; bi < static_cast<int64_t>(blocks); ++bi) {
@@ -403,15 +462,18 @@ LaunchStats launch_blocks(const char* name, dim3 grid, dim3 block, size_t smem_b
     switches += b.switches;
     if (!b.error.empty()) {
 #pragma omp critical(flashmla_harness_error)
-      if (error.empty()) error = b.error;
+      if (error.empty()) {
+        error = b.error;
+        error_policy = b.policy;
+      }
     }
   }
   stats.fiber_switches = switches;
   if (!error.empty()) {
     char seed[32];
     snprintf(seed, sizeof seed, "0x%016llx", static_cast<unsigned long long>(stats.seed));
-    throw std::runtime_error(who + ": " + error + " (seed " + seed +
-                             "; FLASHMLA_HARNESS_SEED reproduces it)");
+    throw std::runtime_error(who + ": " + error + " (seed " + seed + ", " +
+                             error_policy + " schedule; FLASHMLA_HARNESS_SEED reproduces it)");
   }
   return stats;
 }

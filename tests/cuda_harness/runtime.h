@@ -4,9 +4,10 @@
 //
 // Each CUDA thread of a block is a fiber (Boost.Context) on one OS thread; blocks of a grid run
 // on OpenMP threads. __syncthreads and every warp collective are barriers: a fiber runs until
-// it reaches one, and between barriers the runnable fibers are resumed in a random order
-// (seeded; the seed is in every error message, FLASHMLA_HARNESS_SEED fixes it), so a missing
-// barrier or a shared-memory race changes results instead of passing by luck.
+// it reaches one, and the runnable fibers are resumed in a random order under one of three
+// schedules per block (warps in step, drifting apart, or one running ahead to its next
+// __syncthreads; seeded: the seed is in every error message, FLASHMLA_HARNESS_SEED fixes it),
+// so a missing barrier or a shared-memory race changes results instead of passing by luck.
 #pragma once
 
 #include <cstddef>
