@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <stdexcept>
@@ -161,14 +162,29 @@ __global__ void throws_in_thread_7() {
   __syncthreads();
 }
 
-TEST(CudaHarnessBlock, ErrorsNameTheThreadAndTheSeed) {
+// The launch's error message, or "" if it succeeded.
+std::string error_of_throwing_launch() {
   try {
     FMLA_LAUNCH(throws_in_thread_7, dim3(1), dim3(64), 0, nullptr);
-    FAIL() << "no error";
   } catch (const std::runtime_error& e) {
-    EXPECT_PRED2(contains, e.what(), "thread (7,0,0): deliberate");
-    EXPECT_PRED2(contains, e.what(), "throws_in_thread_7");
+    return e.what();
   }
+  return "";
+}
+
+TEST(CudaHarnessBlock, ErrorsNameTheThreadTheSeedAndTheSchedule) {
+  const std::string first = error_of_throwing_launch();
+  EXPECT_PRED2(contains, first, "thread (7,0,0): deliberate");
+  EXPECT_PRED2(contains, first, "throws_in_thread_7");
+  EXPECT_PRED2(contains, first, " schedule; FLASHMLA_HARNESS_SEED reproduces it");
+  // The seed named in the message reproduces the launch, schedule included.
+  const size_t at = first.find("(seed ");
+  ASSERT_NE(at, std::string::npos) << first;
+  const std::string seed = first.substr(at + 6, 18);
+  ::setenv("FLASHMLA_HARNESS_SEED", seed.c_str(), 1);
+  const std::string again = error_of_throwing_launch();
+  ::unsetenv("FLASHMLA_HARNESS_SEED");
+  EXPECT_EQ(again, first);
 }
 
 // ---- warp collectives (CUDA Programming Guide, "Warp Shuffle Functions") ----
