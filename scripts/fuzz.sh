@@ -18,7 +18,7 @@ build=${2:-build-fuzz}
 
 cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DFLASHMLA_SANITIZE=address,undefined,fuzzer-no-link -DFLASHMLA_BUILD_FUZZERS=ON \
-      -DFLASHMLA_BUILD_TESTS=OFF -DFLASHMLA_BUILD_TOOLS=OFF -DFLASHMLA_BUILD_BENCH=OFF >/dev/null
+      -DFLASHMLA_BUILD_TESTS=OFF -DFLASHMLA_BUILD_TOOLS=OFF -DFLASHMLA_BUILD_BENCH=OFF -DFLASHMLA_CUDA=OFF >/dev/null
 cmake --build "$build" -j "$(nproc)"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}

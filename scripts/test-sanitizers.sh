@@ -5,7 +5,9 @@
 # and each kernel suite once per ISA level the run-time choice offers (native, avx512, avx2,
 # portable, amx-emulated; levels above what the CPU has fall back, so every variant this machine
 # supports runs). Binaries run whole rather than one process per test (as ctest does), because a
-# sanitized process takes ~0.5 s to start and the suites have ~5000 tests.
+# sanitized process takes ~0.5 s to start and the suites have ~5000 tests. The CUDA kernels run
+# here through the CPU harness (test_cuda_*, host-compiled); nvcc's device build is left to the
+# plain build (FLASHMLA_CUDA=OFF), where ptxas checks it.
 # Then the concurrency suite (many threads calling every operation at once) under
 # ThreadSanitizer, built with clang: LLVM's OpenMP runtime is what clang links, and tests/tsan.supp
 # leaves out only the accesses made inside that (uninstrumented) runtime.
@@ -19,7 +21,7 @@ tsan_build=${2:-build-tsan}
 jobs=${SAN_JOBS:-$(nproc)}
 
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLASHMLA_SANITIZE=address,undefined \
-      -DFLASHMLA_BUILD_BENCH=OFF -DFLASHMLA_BUILD_TOOLS=OFF >/dev/null
+      -DFLASHMLA_BUILD_BENCH=OFF -DFLASHMLA_BUILD_TOOLS=OFF -DFLASHMLA_CUDA=OFF >/dev/null
 cmake --build "$build" -j "$jobs"
 
 kernel_suites=" test_dense_decode test_sparse_decode test_sparse_prefill test_mha test_isa test_kv_codec test_online_softmax test_concurrency "
@@ -55,7 +57,8 @@ echo "sanitizers: ${#runs[@]} runs of $binaries test binaries passed under ASan 
 
 # ThreadSanitizer: the concurrency suite.
 cmake -S . -B "$tsan_build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DFLASHMLA_SANITIZE=thread -DFLASHMLA_BUILD_BENCH=OFF -DFLASHMLA_BUILD_TOOLS=OFF >/dev/null
+      -DFLASHMLA_SANITIZE=thread -DFLASHMLA_BUILD_BENCH=OFF -DFLASHMLA_BUILD_TOOLS=OFF \
+      -DFLASHMLA_CUDA=OFF >/dev/null
 cmake --build "$tsan_build" -j "$jobs" --target test_concurrency
 if TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp halt_on_error=1" \
    "$tsan_build/test_concurrency" --gtest_brief=1 >"$logs/tsan.log" 2>&1; then
