@@ -106,7 +106,9 @@ void Checker::present(const TensorView& t, const char* arg) const {
     }
   }
   if (t.device != Device::cpu) {
-    fail(ErrorKind::unsupported, arg, "a CPU tensor (this build has the CPU backend only)",
+    fail(ErrorKind::unsupported, arg,
+         "a CPU tensor (this API runs the CPU backend; the CUDA kernels are not reachable "
+         "through it yet)",
          "a CUDA tensor");
   }
 }

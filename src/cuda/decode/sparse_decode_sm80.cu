@@ -26,7 +26,7 @@ constexpr float kInf = INFINITY;
 
 __host__ __device__ constexpr int row_stride(int d_qk) { return d_qk + kPad; }
 
-// Shared memory: Q (16 rows), K/V tile (64 rows), P (16 x 64 bf16), per-warp row maxima and
+// Shared memory: Q (16 rows), K/V tile (32 rows), P (16 x 32 bf16), per-warp row maxima and
 // sums, the tile's slots.
 __host__ __device__ constexpr int smem_bytes(int d_qk) {
   return (kHeads + kTile) * row_stride(d_qk) * 2 + kHeads * kLdp * 2 +
