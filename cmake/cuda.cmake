@@ -6,9 +6,10 @@
 #                    OFF: never. pip install . passes the FLASHMLA_CUDA environment variable.
 # Architectures: sm_80 (the portable SM80 generation: mma.sync, ldmatrix, cp.async), sm_90a
 # (Hopper: wgmma/TMA), sm_100a (datacenter Blackwell: tcgen05) and sm_120 (consumer Blackwell),
-# those the toolkit supports (nvcc --list-gpu-code); real SASS for each, plus PTX of the newest
-# one that is not arch-specific (compute_120; compute_80 when sm_120 is dropped), which the
-# driver JIT-compiles on any later GPU. ("a" PTX runs on that exact GPU only, so it is no use
+# those the toolkit supports (nvcc --list-gpu-code); real SASS for each, plus PTX of compute_80
+# (JIT-compiled by the driver for any SM80+ GPU without SASS here, e.g. CC 10.3 or 11.0, since
+# sm_100a SASS runs on CC 10.0 only) and of the newest one that is not arch-specific
+# (compute_120), which later GPUs prefer. ("a" PTX runs on that exact GPU only, so it is no use
 # for forward compatibility.)
 #
 # FlashMLA's build switches, each a CMake option or an environment variable of the same name
@@ -157,7 +158,13 @@ else()
       message(STATUS "CUDA backend: nvcc ${CMAKE_CUDA_COMPILER_VERSION} cannot build sm_${arch}, left out")
     endif()
   endforeach()
-  if(_fmla_ptx)
+  # PTX: compute_80, which the driver JIT-compiles for every GPU from SM80 on that has no SASS
+  # here (sm_100a SASS runs on CC 10.0 only: B300 at 10.3 or Thor need it), plus the newest
+  # plain architecture's, which later GPUs prefer.
+  if(_fmla_archs MATCHES "(^|;)80-real")
+    list(APPEND _fmla_archs 80-virtual)
+  endif()
+  if(_fmla_ptx AND NOT _fmla_ptx STREQUAL "80")
     list(APPEND _fmla_archs ${_fmla_ptx}-virtual)
   endif()
 endif()

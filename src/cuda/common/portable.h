@@ -2,7 +2,7 @@
 // under the host compiler for the CPU test harness (docs/cuda-harness.md).
 //
 // Rules for kernel sources (src/cuda/**/*.cu):
-//  - launch only through FMLA_LAUNCH (never <<<...>>>);
+//  - launch only through FMLA_LAUNCH / FMLA_LAUNCH_SMEM_CAP (never <<<...>>>);
 //  - shared memory only through flashmla::cuda::dynamic_smem() (no __shared__ variables): the
 //    harness gives each block an exact-size buffer filled with 0xFF (NaN) at block start;
 //  - inline PTX only in the wrappers below (mma.sync, ldmatrix, cp.async): PTX under
@@ -24,6 +24,8 @@
 
 #if defined(__CUDACC__)
 #include <cuda_runtime.h>
+
+#include "flashmla/error.h"
 #elif defined(FLASHMLA_CUDA_HARNESS)
 #include "cuda_harness/runtime.h"
 #else
@@ -50,18 +52,36 @@
 // FMLA_LAUNCH(kernel, grid, block, smem_bytes, stream, args...): on the GPU a <<<>>> launch on
 // `stream` (cudaStream_t, may be null) after raising the kernel's dynamic shared memory limit;
 // in the harness a synchronous run of every block (errors throw std::runtime_error).
+// FMLA_LAUNCH_SMEM_CAP(kernel, grid, block, smem_bytes, cap, stream, args...): the same, with
+// the kernel's limit raised to `cap` (>= smem_bytes) — for a kernel launched with different
+// sizes, so that launches from several host threads never lower the limit under each other.
+// On the GPU a failed attribute call or launch (cudaGetLastError) throws flashmla::Error
+// naming the kernel; it never goes unnoticed until some later CUDA call.
 #if defined(__CUDACC__)
-#define FMLA_LAUNCH(kernel, grid, block, smem, stream, ...)                                     \
+namespace flashmla::cuda_launch {
+inline void check(cudaError_t status, const char* kernel, const char* step) {
+  if (status != cudaSuccess) {
+    throw ::flashmla::Error(::flashmla::ErrorKind::unsupported, kernel, step,
+                            "a successful CUDA call", cudaGetErrorString(status));
+  }
+}
+}  // namespace flashmla::cuda_launch
+#define FMLA_LAUNCH_SMEM_CAP(kernel, grid, block, smem, cap, stream, ...)                      \
   do {                                                                                          \
-    if ((smem) > 48 * 1024) {                                                                   \
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));     \
+    if ((cap) > 48 * 1024) {                                                                    \
+      ::flashmla::cuda_launch::check(                                                           \
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(cap)),  \
+          #kernel, "cudaFuncSetAttribute");                                                     \
     }                                                                                           \
     kernel<<<(grid), (block), (smem), static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__);        \
+    ::flashmla::cuda_launch::check(cudaGetLastError(), #kernel, "launch");                      \
   } while (0)
 #else
-#define FMLA_LAUNCH(kernel, grid, block, smem, stream, ...)                                     \
+#define FMLA_LAUNCH_SMEM_CAP(kernel, grid, block, smem, cap, stream, ...)                      \
   ::flashmla::cuda_harness::launch(#kernel, kernel, (grid), (block), (smem) __VA_OPT__(, ) __VA_ARGS__)
 #endif
+#define FMLA_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  FMLA_LAUNCH_SMEM_CAP(kernel, grid, block, smem, smem, stream __VA_OPT__(, ) __VA_ARGS__)
 
 FMLA_CUDA_NS_BEGIN
 

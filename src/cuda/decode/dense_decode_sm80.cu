@@ -10,9 +10,11 @@
 // tile, ldmatrix .trans). Unsplit requests are finalised into out / lse; split pieces go to the
 // accumulators (log2 units) for the combine.
 #include <cmath>
+#include <string>
 
 #include "cuda/common/portable.h"
 #include "cuda/decode/dense_decode_sm80.h"
+#include "flashmla/error.h"
 
 
 FMLA_CUDA_NS_BEGIN
@@ -131,9 +133,11 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
   const int hpk = a.num_heads_q / a.num_heads_kv;
   const int rows_per_kv = a.q_len * hpk;
   const int row_tiles = (rows_per_kv + kRows - 1) / kRows;
-  const int g = static_cast<int>(blockIdx.y) / row_tiles;
-  const int row0 = (static_cast<int>(blockIdx.y) % row_tiles) * kRows;
-  const int* rec = a.sched + 8 * static_cast<int>(blockIdx.x);
+  // blockIdx.x: (KV head, row tile), row tiles fastest so that the CTAs reading the same KV
+  // tiles run side by side; blockIdx.y: the schedule part.
+  const int g = static_cast<int>(blockIdx.x) / row_tiles;
+  const int row0 = (static_cast<int>(blockIdx.x) % row_tiles) * kRows;
+  const int* rec = a.sched + 8 * static_cast<int>(blockIdx.y);
   const int begin_req = rec[0], end_req = rec[1], begin_blk = rec[2], end_blk = rec[3];
   const int begin_split = rec[4];
   const bool first_split = rec[5] != 0, last_split = rec[6] != 0;
@@ -297,11 +301,21 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
 
 void launch_dense_decode_sm80(const DenseDecodeArgs& a, void* stream) {
   if (a.num_parts <= 0 || a.batch <= 0) return;
-  const int rows_per_kv = a.q_len * (a.num_heads_q / a.num_heads_kv);
-  const dim3 grid(static_cast<unsigned>(a.num_parts),
-                  static_cast<unsigned>(a.num_heads_kv * ((rows_per_kv + kRows - 1) / kRows)));
+  const int64_t rows_per_kv = int64_t{a.q_len} * (a.num_heads_q / a.num_heads_kv);
+  const int64_t blocks_x = a.num_heads_kv * ((rows_per_kv + kRows - 1) / kRows);
+  if (a.num_parts > 65535 || blocks_x > 0x7fffffff) {
+    throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "tile_scheduler_metadata",
+                "at most 65535 schedule parts and 2^31 - 1 (KV head, 16-row tile) pairs",
+                std::to_string(a.num_parts) + " parts, " + std::to_string(blocks_x) + " tiles");
+  }
+  const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(a.num_parts));
   if (a.fp16) {
+#if defined(FLASH_MLA_DISABLE_FP16)
+    throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "q",
+                "bf16 (this build leaves out fp16 kernels: FLASH_MLA_DISABLE_FP16)", "fp16");
+#else
     FMLA_LAUNCH(dense_decode_sm80<true>, grid, dim3(kThreads), kSmemBytes, stream, a);
+#endif
   } else {
     FMLA_LAUNCH(dense_decode_sm80<false>, grid, dim3(kThreads), kSmemBytes, stream, a);
   }

@@ -8,10 +8,12 @@
 // ~57 KiB (d_qk 576), so two CTAs fit an A100 SM and three a Hopper one. Unsplit requests are
 // finalised with the sink; split pieces go to the accumulators for the combine.
 #include <cmath>
+#include <string>
 
 #include "cuda/common/portable.h"
 #include "cuda/decode/sparse_decode_sm80.h"
 #include "cuda/decode/sparse_kv_tile.cuh"
+#include "flashmla/error.h"
 
 FMLA_CUDA_NS_BEGIN
 
@@ -86,8 +88,11 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
 
   const int tid = static_cast<int>(threadIdx.x), warp = warp_id(), lane = lane_id();
   const int g = lane / 4, q4 = lane % 4;
-  const int part = static_cast<int>(blockIdx.x), s = static_cast<int>(blockIdx.y);
-  const int h0 = static_cast<int>(blockIdx.z) * kHeads;
+  // blockIdx.x: (query token, head group), head groups fastest so that the CTAs reading the
+  // same rows run side by side; blockIdx.y: the schedule part.
+  const int groups = (a.num_heads_q + kHeads - 1) / kHeads;
+  const int part = static_cast<int>(blockIdx.y), s = static_cast<int>(blockIdx.x) / groups;
+  const int h0 = static_cast<int>(blockIdx.x) % groups * kHeads;
   const int nh = a.num_heads_q - h0 < kHeads ? a.num_heads_q - h0 : kHeads;
   const int32_t* rec = a.sched + 8 * part;
   const int begin_req = rec[0], end_req = rec[1];
@@ -243,9 +248,17 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
 
 void launch_sparse_decode_sm80(const SparseDecodeArgs& a, void* stream) {
   if (a.num_parts <= 0) return;
-  const dim3 grid(static_cast<unsigned>(a.num_parts), static_cast<unsigned>(a.q_len),
-                  static_cast<unsigned>((a.num_heads_q + kHeads - 1) / kHeads));
-  FMLA_LAUNCH(sparse_decode_sm80, grid, dim3(kThreads), smem_bytes(a.d_qk), stream, a);
+  const int64_t groups = (a.num_heads_q + kHeads - 1) / kHeads;
+  if (a.num_parts > 65535 || int64_t{a.q_len} * groups > 0x7fffffff) {
+    throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "tile_scheduler_metadata",
+                "at most 65535 schedule parts and 2^31 - 1 (query token, 16-head group) pairs",
+                std::to_string(a.num_parts) + " parts, " + std::to_string(a.q_len) +
+                    " tokens x " + std::to_string(groups) + " groups");
+  }
+  const dim3 grid(static_cast<unsigned>(a.q_len * groups), static_cast<unsigned>(a.num_parts));
+  // One kernel for both widths: its limit is raised to the larger size once for all launches.
+  FMLA_LAUNCH_SMEM_CAP(sparse_decode_sm80, grid, dim3(kThreads), smem_bytes(a.d_qk),
+                       smem_bytes(576), stream, a);
 }
 
 FMLA_CUDA_NS_END
