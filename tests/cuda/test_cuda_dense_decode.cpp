@@ -149,6 +149,10 @@ std::vector<CudaCase> mixed() {
         .seed = 14}, 2},
       {{.batch = 2, .q_len = 2, .kv_len = 1, .num_heads_q = 16, .num_heads_kv = 1,
         .causal = true, .dtype = DType::fp16, .seed = 16}, 1},
+      // Empty requests right after non-empty ones in the same part: a warp that finishes a
+      // request may not touch the row sums before every warp has read them.
+      {{.batch = 8, .q_len = 2, .kv_len = 40, .num_heads_q = 64, .num_heads_kv = 2,
+        .varlen = true, .zero_lengths = true, .seed = 30}, 1},
       // Split requests.
       {{.batch = 2, .q_len = 2, .kv_len = 300, .num_heads_q = 8, .num_heads_kv = 2,
         .page_block_size = 5, .varlen = true, .causal = true, .dtype = DType::fp16,
