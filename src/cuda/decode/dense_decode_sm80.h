@@ -35,8 +35,9 @@ struct DenseDecodeArgs {
   float* o_accum;               // (slots, q_len, num_heads_q, 512)
 };
 
-// Runs every part of the schedule: grid (num_parts, num_heads_kv * ceil(q_len * hpk / 16)),
-// 128 threads, where hpk = num_heads_q / num_heads_kv.
+// Runs every part of the schedule: grid (num_heads_kv * ceil(q_len * hpk / 16), num_parts),
+// 128 threads, where hpk = num_heads_q / num_heads_kv. Throws flashmla::Error for more than
+// 65535 parts or a failed launch.
 void launch_dense_decode_sm80(const DenseDecodeArgs& a, void* stream);
 
 FMLA_CUDA_NS_END

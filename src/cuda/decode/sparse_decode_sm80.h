@@ -31,7 +31,8 @@ struct SparseDecodeArgs {
   float* o_accum;
 };
 
-// Runs every part of the schedule: grid (num_parts, q_len, ceil(num_heads_q / 16)), 128 threads.
+// Runs every part of the schedule: grid (q_len * ceil(num_heads_q / 16), num_parts), 128
+// threads. Throws flashmla::Error for more than 65535 parts or a failed launch.
 void launch_sparse_decode_sm80(const SparseDecodeArgs& a, void* stream);
 
 FMLA_CUDA_NS_END
