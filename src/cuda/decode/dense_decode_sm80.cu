@@ -12,6 +12,7 @@
 #include <cmath>
 #include <string>
 
+#include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
 #include "cuda/decode/dense_decode_sm80.h"
 #include "flashmla/error.h"
@@ -35,54 +36,6 @@ constexpr int kSmemBytes =
 static_assert(kSmemBytes <= 99 * 1024, "fits every SM80+ GPU");
 
 __device__ __forceinline__ int imin(int x, int y) { return x < y ? x : y; }
-
-struct Bytes16 {
-  uint32_t w[4];
-};
-
-template <bool kFp16>
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (kFp16) {
-    mma_m16n8k16_f16(d, a, b, d);
-  } else {
-    mma_m16n8k16_bf16(d, a, b, d);
-  }
-}
-
-template <bool kFp16>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (kFp16) {
-    return pack_f16x2(lo, hi);
-  } else {
-    return pack_bf16x2(lo, hi);
-  }
-}
-
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(kFullMask, x, 1));
-  return fmaxf(x, __shfl_xor_sync(kFullMask, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(kFullMask, x, 1);
-  return x + __shfl_xor_sync(kFullMask, x, 2);
-}
-
-// 16 bytes from global memory into shared memory: cp.async when `aligned` (src_bytes 0 writes
-// zeros and reads nothing), else element by element (zeros when !valid).
-__device__ __forceinline__ void copy16(uint16_t* dst, const uint16_t* src, bool valid,
-                                       bool aligned) {
-  if (aligned) {
-    cp_async_16(dst, src, valid ? 16 : 0);
-  } else {
-    Bytes16 v = {{0u, 0u, 0u, 0u}};
-    if (valid) {
-      uint16_t e[8];
-      for (int i = 0; i < 8; ++i) e[i] = src[i];
-      for (int i = 0; i < 4; ++i) v.w[i] = e[2 * i] | (static_cast<uint32_t>(e[2 * i + 1]) << 16);
-    }
-    *reinterpret_cast<Bytes16*>(dst) = v;
-  }
-}
 
 // The 16 query rows row0.. of KV head g of request r (rows past rows_per_kv are zeros).
 __device__ __forceinline__ void load_q(const DenseDecodeArgs& a, int r, int g, int row0,
@@ -188,8 +141,8 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
         ldmatrix<4, false>(qb, q_row + k0 + 16);
         ldmatrix<4, false>(kb, k_row + k0);
         const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
-        mma<kFp16>(s, qa, b0);
-        mma<kFp16>(s2, qb, b1);
+        mma_acc<kFp16>(s, qa, b0);
+        mma_acc<kFp16>(s2, qb, b1);
       }
       // Scale to log2 units and mask: past the piece's end, or past the row's causal window.
       const int t = t0 + 8 * warp + 2 * quad;
@@ -229,22 +182,8 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
       *reinterpret_cast<uint32_t*>(p_lo + 8 * kLdp) = pack2<kFp16>(p2, p3);
       __syncthreads();  // P complete
 
-      // O += P V for this warp's 128 channels.
-      const uint16_t* p_row = sp + (lane % 8 + 8 * ((lane / 8) & 1)) * kLdp + 8 * (lane / 16);
-      const uint16_t* v_row = sk + (lane % 8 + 8 * ((lane / 8) & 1)) * kLdk + 128 * warp +
-                              8 * (lane / 16);
-      for (int ks = 0; ks < kTile / 16; ++ks) {
-        uint32_t pa[4];
-        ldmatrix<4, false>(pa, p_row + 16 * ks);
-        FMLA_UNROLL
-        for (int np = 0; np < 8; ++np) {
-          uint32_t vb[4];
-          ldmatrix<4, true>(vb, v_row + 16 * ks * kLdk + 16 * np);
-          const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
-          mma<kFp16>(o[2 * np], pa, b0);
-          mma<kFp16>(o[2 * np + 1], pa, b1);
-        }
-      }
+      // O += P V for this warp's 128 channels (V: the first 512 channels of the K tile).
+      pv_accumulate<kFp16, kTile>(o, sp, kLdp, sk, kLdk, warp, lane);
     }
 
     cp_async_wait<0>();  // nothing of this request still in flight (with no tile: Q)

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <string>
 
+#include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
 #include "cuda/decode/sparse_decode_sm80.h"
 #include "cuda/decode/sparse_kv_tile.cuh"
@@ -63,15 +64,6 @@ __device__ __forceinline__ void load_q(const SparseDecodeArgs& a, int r, int s, 
     }
     *reinterpret_cast<Bytes16*>(sq + row * ldq + 8 * c) = v;
   }
-}
-
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(kFullMask, x, 1));
-  return fmaxf(x, __shfl_xor_sync(kFullMask, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(kFullMask, x, 1);
-  return x + __shfl_xor_sync(kFullMask, x, 2);
 }
 
 }  // namespace
@@ -149,62 +141,14 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
       }
 
       // Online softmax (log2 units); invalid columns are -inf, so p = 0 there.
-      float row_max[2] = {-kInf, -kInf};
       FMLA_UNROLL
       for (int j = 0; j < 4; ++j) {
         acc[j] = s_slot[tok0 + 2 * q4 + (j & 1)] >= 0 ? acc[j] * a.scale_log2 : -kInf;
-        row_max[j / 2] = fmaxf(row_max[j / 2], acc[j]);
       }
-      FMLA_UNROLL
-      for (int i = 0; i < 2; ++i) {
-        row_max[i] = quad_max(row_max[i]);
-        if (q4 == 0) s_max[warp * kHeads + g + 8 * i] = row_max[i];
-      }
-      __syncthreads();
-      float alpha[2], row_sum[2];
-      FMLA_UNROLL
-      for (int i = 0; i < 2; ++i) {
-        float t = m[i];
-        FMLA_UNROLL
-        for (int w = 0; w < kWarps; ++w) t = fmaxf(t, s_max[w * kHeads + g + 8 * i]);
-        const float m_use = t == -kInf ? 0.0f : t;
-        alpha[i] = exp2f(m[i] - m_use);
-        m[i] = t;
-        const float p0 = exp2f(acc[2 * i] - m_use), p1 = exp2f(acc[2 * i + 1] - m_use);
-        *reinterpret_cast<uint32_t*>(sp + (g + 8 * i) * kLdp + tok0 + 2 * q4) =
-            pack_bf16x2(p0, p1);
-        row_sum[i] = quad_sum(p0 + p1);
-        if (q4 == 0) s_sum[warp * kHeads + g + 8 * i] = row_sum[i];
-      }
-      __syncthreads();
-      FMLA_UNROLL
-      for (int i = 0; i < 2; ++i) {
-        float t = 0.0f;
-        FMLA_UNROLL
-        for (int w = 0; w < kWarps; ++w) t += s_sum[w * kHeads + g + 8 * i];
-        l[i] = l[i] * alpha[i] + t;
-      }
-      FMLA_UNROLL
-      for (auto& t : o) {
-        t[0] *= alpha[0], t[1] *= alpha[0], t[2] *= alpha[1], t[3] *= alpha[1];
-      }
+      online_softmax_bf16(acc, m, l, o, sp, kLdp, s_max, s_sum, warp, lane);
 
-      // O += P V for this warp's 128 channels (16 n8 tiles).
-      FMLA_UNROLL
-      for (int ks = 0; ks < kTile / 16; ++ks) {
-        uint32_t pa[4];
-        ldmatrix<4, false>(pa, sp + (lane % 16) * kLdp + 16 * ks + (lane / 16) * 8);
-        FMLA_UNROLL
-        for (int np = 0; np < 8; ++np) {
-          const int n0 = 128 * warp + 16 * np;
-          uint32_t vb[4];
-          ldmatrix<4, true>(vb, sk + (16 * ks + ((lane / 8) % 2) * 8 + lane % 8) * ldk + n0 +
-                                    (lane / 16) * 8);
-          const uint32_t vb0[2] = {vb[0], vb[1]}, vb1[2] = {vb[2], vb[3]};
-          mma_m16n8k16_bf16(o[2 * np], pa, vb0, o[2 * np]);
-          mma_m16n8k16_bf16(o[2 * np + 1], pa, vb1, o[2 * np + 1]);
-        }
-      }
+      // O += P V for this warp's 128 channels (V: the first 512 channels of the tile).
+      pv_accumulate<false, kTile>(o, sp, kLdp, sk, ldk, warp, lane);
     }
 
     // Finalise this piece: rows g and g + 8 of the head group.

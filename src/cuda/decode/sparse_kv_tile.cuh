@@ -5,6 +5,7 @@
 // unreferenced token (NaN in the tests) reaches P·V.
 #pragma once
 
+#include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
 
 FMLA_CUDA_NS_BEGIN
@@ -19,10 +20,6 @@ struct SparseKvPoolArgs {
   int64_t indices_stride0, indices_stride1;
   int64_t topk;
   const int32_t* topk_length;  // null = topk
-};
-
-struct alignas(16) Bytes16 {
-  uint32_t w[4];
 };
 
 // 16 bytes from global memory: one vector load when `aligned` (address % 16 == 0), else bytes.

@@ -8,6 +8,7 @@
 // units, out scaled by 1/l and the sink; empty rows give out 0, max_logits -inf, lse +inf.
 #include <cmath>
 
+#include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
 #include "cuda/prefill/sparse_prefill_sm80.h"
 
@@ -23,10 +24,6 @@ constexpr int kLdo = kDv + kPad;     // row stride of the staged output
 constexpr float kInf = INFINITY;
 constexpr float kLn2 = 0.693147180559945309f;
 
-struct alignas(16) Bytes16 {
-  uint32_t w[4];
-};
-
 __host__ __device__ constexpr int row_stride(int d_qk) { return d_qk + kPad; }
 
 // Shared memory: Q (16 rows), two KV stages (32 rows each; the first also stages the output),
@@ -37,19 +34,6 @@ __host__ __device__ constexpr int smem_bytes(int d_qk) {
 }
 static_assert(smem_bytes(576) <= 99 * 1024, "fits the 99 KiB of sm_86 / sm_89 / sm_120");
 static_assert(kHeads * kLdo <= kStages * kTile * row_stride(512), "output staging fits");
-
-// 16 bytes global -> shared: cp.async when `aligned` (not `valid`: zero-fill, nothing read),
-// otherwise element by element (visible after the next __syncthreads like the cp.async after
-// its wait).
-__device__ __forceinline__ void copy16(uint16_t* dst, const uint16_t* src, bool valid,
-                                       bool aligned) {
-  if (aligned) {
-    cp_async_16(dst, src, valid ? 16 : 0);
-    return;
-  }
-  FMLA_UNROLL
-  for (int i = 0; i < 8; ++i) dst[i] = valid ? src[i] : uint16_t{0};
-}
 
 // Q rows h0.. of token `tok` into sq (rows past nh are zeros).
 template <int kD>
@@ -80,15 +64,6 @@ __device__ __forceinline__ void load_tile(const SparsePrefillKernelArgs& a, cons
     copy16(sk + t * kLd + 8 * c, src, ok, a.kv_aligned);
     if (c == 0) valid[t] = ok ? 1 : 0;
   }
-}
-
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(kFullMask, x, 1));
-  return fmaxf(x, __shfl_xor_sync(kFullMask, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(kFullMask, x, 1);
-  return x + __shfl_xor_sync(kFullMask, x, 2);
 }
 
 }  // namespace
@@ -157,62 +132,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
 
       // Online softmax (log2 units); invalid columns are -inf, so p = 0 there.
-      float s[4], row_max[2] = {-kInf, -kInf};
+      float s[4];
       FMLA_UNROLL
       for (int e = 0; e < 4; ++e) {
         s[e] = valid[tok0 + 2 * q4 + (e & 1)] ? (acc[0][e] + acc[1][e]) * a.scale_log2 : -kInf;
-        row_max[e / 2] = fmaxf(row_max[e / 2], s[e]);
       }
-      row_max[0] = quad_max(row_max[0]);
-      row_max[1] = quad_max(row_max[1]);
-      if (q4 == 0) {
-        s_max[warp * kHeads + g] = row_max[0];
-        s_max[warp * kHeads + g + 8] = row_max[1];
-      }
-      __syncthreads();
-      float alpha[2], row_sum[2];
-      FMLA_UNROLL
-      for (int i = 0; i < 2; ++i) {
-        float t = m[i];
-        FMLA_UNROLL
-        for (int w = 0; w < kWarps; ++w) t = fmaxf(t, s_max[w * kHeads + g + 8 * i]);
-        const float m_use = t == -kInf ? 0.0f : t;
-        alpha[i] = exp2f(m[i] - m_use);
-        m[i] = t;
-        const float p0 = exp2f(s[2 * i] - m_use), p1 = exp2f(s[2 * i + 1] - m_use);
-        row_sum[i] = quad_sum(p0 + p1);
-        *reinterpret_cast<uint32_t*>(sp + (g + 8 * i) * kLdp + tok0 + 2 * q4) =
-            pack_bf16x2(p0, p1);
-        if (q4 == 0) s_sum[warp * kHeads + g + 8 * i] = row_sum[i];
-      }
-      __syncthreads();
-      FMLA_UNROLL
-      for (int i = 0; i < 2; ++i) {
-        float t = 0.0f;
-        FMLA_UNROLL
-        for (int w = 0; w < kWarps; ++w) t += s_sum[w * kHeads + g + 8 * i];
-        l[i] = l[i] * alpha[i] + t;
-      }
-      FMLA_UNROLL
-      for (auto& t : o) {
-        t[0] *= alpha[0], t[1] *= alpha[0], t[2] *= alpha[1], t[3] *= alpha[1];
-      }
+      online_softmax_bf16(s, m, l, o, sp, kLdp, s_max, s_sum, warp, lane);
 
-      // O += P V for this warp's 128 channels (16 n8 tiles).
-      FMLA_UNROLL
-      for (int ks = 0; ks < kTile / 16; ++ks) {
-        uint32_t pa[4];
-        ldmatrix<4, false>(pa, sp + (lane % 16) * kLdp + 16 * ks + (lane / 16) * 8);
-        FMLA_UNROLL
-        for (int np = 0; np < 8; ++np) {
-          uint32_t vb[4];
-          ldmatrix<4, true>(vb, sk + (16 * ks + ((lane / 8) % 2) * 8 + lane % 8) * kLd +
-                                    128 * warp + 16 * np + (lane / 16) * 8);
-          const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
-          mma_m16n8k16_bf16(o[2 * np], pa, b0, o[2 * np]);
-          mma_m16n8k16_bf16(o[2 * np + 1], pa, b1, o[2 * np + 1]);
-        }
-      }
+      // O += P V for this warp's 128 channels (V: the first 512 channels of the stage).
+      pv_accumulate<false, kTile>(o, sp, kLdp, sk, kLd, warp, lane);
     }
   }
   __syncthreads();  // every read of the last tile's stage is done
