@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "flashmla/flashmla.h"
-#include "ref/ref.h"
 #include "testing/bad_input.h"
 #include "testing/compare.h"
 #include "testing/prefill_case.h"
@@ -30,26 +29,10 @@ void check_against_reference(const SparsePrefillCase& cs, const Context& ctx = {
   const SparsePrefillArgs args = data.args();
   flash_mla_sparse_fwd(args, ctx);
 
-  const int64_t s_q = cs.q_len, h_q = cs.num_heads_q;
-  HostTensor ref_out = HostTensor::empty(DType::bf16, {s_q, h_q, testing::kSparseHeadDimV});
-  HostTensor ref_max = HostTensor::empty(DType::fp32, {s_q, h_q});
-  HostTensor ref_lse = HostTensor::empty(DType::fp32, {s_q, h_q});
-  SparsePrefillArgs ref_args = args;
-  ref_args.out = ref_out.view();
-  ref_args.max_logits = ref_max.view();
-  ref_args.lse = ref_lse.view();
-  ref::sparse_prefill(ref_args);
-
   EXPECT_TRUE(testing::bad_input::all_finite(data.out)) << "out has inf / NaN";
-  const auto out = testing::check_is_allclose("out", data.out.view(), ref_out.view(), 8e-4,
-                                              3.01 / 128, 7e-6);
-  EXPECT_TRUE(out.ok) << out.message;
-  const auto max = testing::check_is_allclose("max_logits", data.max_logits.view(),
-                                              ref_max.view(), 1e-6, 2.01 / 65536);
-  EXPECT_TRUE(max.ok) << max.message;
-  const auto lse = testing::check_is_allclose("lse", data.lse.view(), ref_lse.view(), 1e-6,
-                                              2.01 / 65536);
-  EXPECT_TRUE(lse.ok) << lse.message;
+  for (const auto& r : testing::compare_sparse_prefill_with_reference(args)) {
+    EXPECT_TRUE(r.ok) << r.message;
+  }
 }
 
 class SparsePrefillGrid : public ::testing::TestWithParam<SparsePrefillCase> {};

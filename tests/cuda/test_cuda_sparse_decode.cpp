@@ -29,25 +29,7 @@ using testing::HostTensor;
 using testing::SparseDecodeCase;
 using testing::SparseDecodeData;
 
-// Owned buffers of an explicit get_mla_metadata schedule of `parts` parts.
-struct Schedule {
-  std::vector<int32_t> meta, splits;
-  void attach(const SparseDecodeData& d, int parts, MlaDecodeArgs& args) {
-    const int64_t b = d.q.size(0);
-    meta.assign(static_cast<size_t>(parts) * 8, 0);
-    splits.assign(static_cast<size_t>(b + 1), 0);
-    args.tile_scheduler_metadata = TensorView::contiguous(meta.data(), DType::int32, {parts, 8});
-    args.num_splits = TensorView::contiguous(splits.data(), DType::int32, {b + 1});
-    get_mla_metadata({.batch = b,
-                      .topk = d.indices.size(2),
-                      .topk_length = d.topk_length.view(),
-                      .extra_topk = d.extra_indices.view().defined() ? d.extra_indices.size(2) : 0,
-                      .extra_topk_length = d.extra_topk_length.view(),
-                      .num_sm_parts = parts,
-                      .tile_scheduler_metadata = args.tile_scheduler_metadata,
-                      .num_splits = args.num_splits});
-  }
-};
+using Schedule = testing::SparseDecodeSchedule;
 
 struct Case {
   SparseDecodeCase c;

@@ -14,7 +14,6 @@
 #include "core/sparse_prefill_prepare.h"
 #include "cuda/prefill/sparse_prefill.h"
 #include "flashmla/flashmla.h"
-#include "ref/ref.h"
 #include "testing/bad_input.h"
 #include "testing/compare.h"
 #include "testing/prefill_case.h"
@@ -33,26 +32,10 @@ void check_args(const SparsePrefillArgs& args, const HostTensor& out, const Host
   cuda::run_sparse_prefill(core::prepare_sparse_prefill(args, Context{.num_threads = 1}),
                            nullptr);
 
-  const int64_t s_q = args.q.size(0), h_q = args.q.size(1);
-  HostTensor ref_out = HostTensor::empty(DType::bf16, {s_q, h_q, testing::kSparseHeadDimV});
-  HostTensor ref_max = HostTensor::empty(DType::fp32, {s_q, h_q});
-  HostTensor ref_lse = HostTensor::empty(DType::fp32, {s_q, h_q});
-  SparsePrefillArgs ref_args = args;
-  ref_args.out = ref_out.view();
-  ref_args.max_logits = ref_max.view();
-  ref_args.lse = ref_lse.view();
-  ref::sparse_prefill(ref_args);
-
   EXPECT_TRUE(testing::bad_input::all_finite(out)) << "out has inf / NaN";
-  const auto o = testing::check_is_allclose("out", out.view(), ref_out.view(), 8e-4, 3.01 / 128,
-                                            7e-6);
-  EXPECT_TRUE(o.ok) << o.message;
-  const auto m = testing::check_is_allclose("max_logits", max_logits.view(), ref_max.view(),
-                                            1e-6, 2.01 / 65536);
-  EXPECT_TRUE(m.ok) << m.message;
-  const auto l = testing::check_is_allclose("lse", lse.view(), ref_lse.view(), 1e-6,
-                                            2.01 / 65536);
-  EXPECT_TRUE(l.ok) << l.message;
+  for (const auto& r : testing::compare_sparse_prefill_with_reference(args)) {
+    EXPECT_TRUE(r.ok) << r.message;
+  }
 }
 
 void check_against_reference(const SparsePrefillCase& cs, float sm_scale) {

@@ -5,6 +5,8 @@
 #include <numeric>
 #include <random>
 
+#include "ref/ref.h"
+
 namespace flashmla::testing {
 
 namespace {
@@ -87,6 +89,15 @@ CombineData make_combine_data(const CombineCase& c) {
   d.out = HostTensor::empty(c.out_dtype, {b, s_q, h_q, d_v});
   d.lse = HostTensor::empty(DType::fp32, {b, h_q, s_q});
   return d;
+}
+
+std::vector<CompareResult> compare_combine_with_reference(const CombineData& data) {
+  CombineData expected = data;  // deep copy of the inputs; outputs NaN until the reference writes
+  expected.out.fill(std::numeric_limits<float>::quiet_NaN());
+  expected.lse.fill(std::numeric_limits<float>::quiet_NaN());
+  ref::combine(expected.args());
+  return {check_is_allclose("out", data.out.view(), expected.out.view(), 8e-4, 2.01 / 128, 5e-6),
+          check_is_allclose("lse", data.lse.view(), expected.lse.view(), 1e-6, 8.01 / 65536)};
 }
 
 }  // namespace flashmla::testing

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "flashmla/flashmla.h"
+#include "testing/compare.h"
 #include "testing/host_tensor.h"
 
 namespace flashmla::testing {
@@ -44,5 +45,10 @@ struct CombineData {
 // with >= 2 pieces is entirely empty with probability 1/4 (the last such request always is, when
 // there are two or more), and each sink entry is -inf or +inf with probability about 1/8 each.
 CombineData make_combine_data(const CombineCase& c);
+
+// data.out and data.lse (already computed) against the reference combine of data's inputs,
+// with FlashMLA's tolerances (reference §6.1): one result per output, for
+// `EXPECT_TRUE(r.ok) << r.message`.
+std::vector<CompareResult> compare_combine_with_reference(const CombineData& data);
 
 }  // namespace flashmla::testing

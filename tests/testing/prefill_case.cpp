@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "ref/ref.h"
 #include "testing/random_data.h"
 
 namespace flashmla::testing {
@@ -183,6 +184,21 @@ SparsePrefillData make_sparse_prefill_data(const SparsePrefillCase& c) {
   d.max_logits = HostTensor::empty(DType::fp32, {s_q, h_q});
   d.lse = HostTensor::empty(DType::fp32, {s_q, h_q});
   return d;
+}
+
+std::vector<CompareResult> compare_sparse_prefill_with_reference(const SparsePrefillArgs& args) {
+  const int64_t s_q = args.q.size(0), h_q = args.q.size(1);
+  HostTensor ref_out = HostTensor::empty(DType::bf16, {s_q, h_q, kSparseHeadDimV});
+  HostTensor ref_max = HostTensor::empty(DType::fp32, {s_q, h_q});
+  HostTensor ref_lse = HostTensor::empty(DType::fp32, {s_q, h_q});
+  SparsePrefillArgs ref_args = args;
+  ref_args.out = ref_out.view();
+  ref_args.max_logits = ref_max.view();
+  ref_args.lse = ref_lse.view();
+  ref::sparse_prefill(ref_args);
+  return {check_is_allclose("out", args.out, ref_out.view(), 8e-4, 3.01 / 128, 7e-6),
+          check_is_allclose("max_logits", args.max_logits, ref_max.view(), 1e-6, 2.01 / 65536),
+          check_is_allclose("lse", args.lse, ref_lse.view(), 1e-6, 2.01 / 65536)};
 }
 
 }  // namespace flashmla::testing

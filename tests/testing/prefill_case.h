@@ -7,8 +7,10 @@
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "flashmla/flashmla.h"
+#include "testing/compare.h"
 #include "testing/host_tensor.h"
 
 namespace flashmla::testing {
@@ -50,5 +52,10 @@ struct SparsePrefillData {
 // of them point at NaN rows; indices with topk > kv_len hold every position once plus invalid
 // markers (-2^31, -123456, -1, s_kv, 114514, 1919810, 2147480000, 2^31-1).
 SparsePrefillData make_sparse_prefill_data(const SparsePrefillCase& c);
+
+// The outputs args.out, args.max_logits and args.lse (already computed) against the reference
+// run on the same inputs, with FlashMLA's sparse prefill tolerances (reference §6.1): one
+// result per output, for `EXPECT_TRUE(r.ok) << r.message`.
+std::vector<CompareResult> compare_sparse_prefill_with_reference(const SparsePrefillArgs& args);
 
 }  // namespace flashmla::testing

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "flashmla/flashmla.h"
 #include "testing/host_tensor.h"
@@ -80,5 +81,12 @@ struct SparseDecodeData {
 // Deterministic in c.seed. Index entries past a request's topk_length hold garbage (INT_MAX,
 // INT_MIN, 2147480000, -2) or valid slots pointing at NaN tokens.
 SparseDecodeData make_sparse_decode_data(const SparseDecodeCase& c);
+
+// Owned buffers of an explicit get_mla_metadata schedule (sparse mode) of `parts` parts for the
+// data's lengths; attach() computes it and points args' metadata and num_splits at it.
+struct SparseDecodeSchedule {
+  std::vector<int32_t> meta, splits;
+  void attach(const SparseDecodeData& d, int parts, MlaDecodeArgs& args);
+};
 
 }  // namespace flashmla::testing
