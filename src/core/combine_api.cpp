@@ -59,6 +59,7 @@ void mla_combine(const MlaCombineArgs& a, const Context& ctx) {
       .lse_accum_stride = {a.lse_accum.stride(0), a.lse_accum.stride(1), a.lse_accum.stride(2)},
       .o_accum = a.o_accum.ptr<const float>(),
       .o_accum_stride = {a.o_accum.stride(0), a.o_accum.stride(1), a.o_accum.stride(2)},
+      .num_slots = slots,
       .num_splits = splits,
       .attn_sink = a.attn_sink.defined() ? a.attn_sink.ptr<const float>() : nullptr,
       .out_dtype = a.out.dtype,

@@ -14,6 +14,7 @@ struct CombineParams {
   int64_t lse_accum_stride[3] = {};  //   slot, token, head
   const float* o_accum = nullptr;    // (num_slots, q_len, num_heads_q, d_v), last dim contiguous
   int64_t o_accum_stride[3] = {};    //   slot, token, head
+  int64_t num_slots = 0;
   const int32_t* num_splits = nullptr;  // (batch + 1,)
   const float* attn_sink = nullptr;     // (num_heads_q,) natural units; may be null
   DType out_dtype = DType::bf16;

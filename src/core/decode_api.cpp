@@ -151,7 +151,7 @@ DenseDecodeParams validate_dense_decode(const MlaDecodeArgs& a, const Context& c
       .q_stride = {a.q.stride(0), a.q.stride(1), a.q.stride(2)},
       .k_cache = a.k_cache.data,
       .k_stride = {a.k_cache.stride(0), a.k_cache.stride(1), a.k_cache.stride(2)},
-      .block_table = table, .block_table_stride = bt_stride,
+      .block_table = table, .block_table_stride = bt_stride, .max_blocks_per_seq = max_blocks,
       .cache_seqlens = seqlens,
       .out = a.out.data,
       .out_stride = {a.out.stride(0), a.out.stride(1), a.out.stride(2)},
@@ -181,9 +181,7 @@ void flash_mla_with_kvcache(const MlaDecodeArgs& args, const Context& ctx) {
   if (args.indices.defined()) return core::sparse_decode_call(args, ctx, /*run=*/true);
   core::ResolvedSchedule sched;
   core::DenseDecodeParams p = core::prepare_dense_decode(args, ctx, sched);
-  core::allocate_accumulators(sched, p.batch, p.q_len, p.num_heads_q, p.d_v);
-  p.lse_accum = sched.lse_accum.empty() ? nullptr : sched.lse_accum.data();
-  p.o_accum = sched.o_accum.empty() ? nullptr : sched.o_accum.data();
+  core::attach_accumulators(sched, p);
   cpu::decode::run_dense_decode(p);
 }
 

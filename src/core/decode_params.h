@@ -26,6 +26,7 @@ struct DenseDecodeParams {
   int64_t k_stride[3] = {};             //   block, token, head
   const int32_t* block_table = nullptr; // (batch, max_blocks_per_seq)
   int64_t block_table_stride = 0;       //   batch
+  int64_t max_blocks_per_seq = 0;       // block_table's columns
   const int32_t* cache_seqlens = nullptr;  // (batch,), contiguous
 
   // Outputs.
@@ -40,6 +41,7 @@ struct DenseDecodeParams {
   const int32_t* num_splits = nullptr;  // (batch + 1,)
   float* lse_accum = nullptr;           // (num_slots, q_len, num_heads_q), log2 units
   float* o_accum = nullptr;             // (num_slots, q_len, num_heads_q, d_v)
+  int64_t num_accum_slots = 0;          // num_slots (0 when nothing is split)
 
   int num_threads = 1;
 

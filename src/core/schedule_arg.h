@@ -30,4 +30,15 @@ void resolve_schedule(const Checker& c, const TensorView& meta, const TensorView
 void allocate_accumulators(ResolvedSchedule& s, int64_t batch, int64_t q_len,
                            int64_t num_heads_q, int64_t d_v);
 
+// allocate_accumulators for the params' sizes, then points p.lse_accum / p.o_accum at them and
+// sets p.num_accum_slots (0 and null when nothing is split). Params: Dense/SparseDecodeParams.
+template <class Params>
+void attach_accumulators(ResolvedSchedule& s, Params& p) {
+  allocate_accumulators(s, p.batch, p.q_len, p.num_heads_q, p.d_v);
+  const bool any = !s.lse_accum.empty();
+  p.lse_accum = any ? s.lse_accum.data() : nullptr;
+  p.o_accum = any ? s.o_accum.data() : nullptr;
+  p.num_accum_slots = any ? s.num_splits[p.batch] : 0;
+}
+
 }  // namespace flashmla::core

@@ -87,6 +87,7 @@ SparseKvPool check_pool(const Checker& c, const TensorView& cache, const char* c
       .block_stride_bytes = cache.stride(0) * static_cast<int64_t>(dtype_size(cache.dtype)),
       .token_stride_bytes = cache.stride(1) * static_cast<int64_t>(dtype_size(cache.dtype)),
       .page_block_size = page,
+      .num_tokens = num_blocks * page,
       .indices = idx,
       .indices_stride = {indices.stride(0), indices.stride(1)},
       .topk = topk,
@@ -169,12 +170,10 @@ void prepare_sparse_decode(const MlaDecodeArgs& a, const Context& ctx, bool allo
   resolve_schedule(c, a.tile_scheduler_metadata, a.num_splits, n_tok, num_threads,
                    "topk_length and topk (sparse mode)", sched);
   if (!allocate) return;
-  allocate_accumulators(sched, b, s_q, h_q, 512);
   p.sched = sched.records;
   p.num_parts = sched.num_parts;
   p.num_splits = sched.num_splits;
-  p.lse_accum = sched.lse_accum.empty() ? nullptr : sched.lse_accum.data();
-  p.o_accum = sched.o_accum.empty() ? nullptr : sched.o_accum.data();
+  attach_accumulators(sched, p);
 }
 
 void sparse_decode_call(const MlaDecodeArgs& a, const Context& ctx, bool run) {

@@ -17,6 +17,7 @@ struct SparseKvPool {
   int64_t block_stride_bytes = 0;     // bytes between page blocks
   int64_t token_stride_bytes = 0;     // bf16 cache: bytes between tokens of a block
   int64_t page_block_size = 0;
+  int64_t num_tokens = 0;             // slots in the cache: num_blocks * page_block_size
   const int32_t* indices = nullptr;   // (batch, q_len, topk) slots; null for an absent pool
   int64_t indices_stride[2] = {};     //   batch, token (elements)
   int64_t topk = 0;
@@ -40,6 +41,7 @@ struct SparseDecodeParams {
   const int32_t* num_splits = nullptr;
   float* lse_accum = nullptr;           // (slots, q_len, num_heads_q), log2 units
   float* o_accum = nullptr;             // (slots, q_len, num_heads_q, d_v)
+  int64_t num_accum_slots = 0;          // slots (0 when nothing is split)
   int num_threads = 1;
 
   std::string to_string() const;

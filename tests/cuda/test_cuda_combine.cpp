@@ -35,6 +35,7 @@ core::CombineParams params_of(const CombineData& d) {
   p.d_v = a.o_accum.size(3);
   p.lse_accum = a.lse_accum.ptr<const float>();
   p.o_accum = a.o_accum.ptr<const float>();
+  p.num_slots = a.o_accum.size(0);
   for (int i = 0; i < 3; ++i) {
     p.lse_accum_stride[i] = a.lse_accum.stride(i);
     p.o_accum_stride[i] = a.o_accum.stride(i);
@@ -171,8 +172,9 @@ TEST(CudaCombine, DecodeAccumulatorsMatchCpu) {
     CombineData cpu = data;
     const core::CombineParams g = params_of(data), c = params_of(cpu);
     cuda::combine_decode_accumulators(g.batch, g.q_len, g.num_heads_q, g.d_v, g.lse_accum,
-                                      g.o_accum, g.num_splits, g.attn_sink, g.out_dtype, g.out,
-                                      g.out_stride, g.lse, g.lse_stride, nullptr);
+                                      g.o_accum, g.num_slots, g.num_splits, g.attn_sink,
+                                      g.out_dtype, g.out, g.out_stride, g.lse, g.lse_stride,
+                                      nullptr);
     cpu::decode::combine_decode_accumulators(c.batch, c.q_len, c.num_heads_q, c.d_v, c.lse_accum,
                                              c.o_accum, c.num_splits, c.attn_sink, c.out_dtype,
                                              c.out, c.out_stride, c.lse, c.lse_stride, 1);

@@ -80,12 +80,10 @@ void check_against_reference(const CudaCase& cs) {
 
   core::ResolvedSchedule sched;
   core::DenseDecodeParams p = core::prepare_dense_decode(args, {}, sched);
-  core::allocate_accumulators(sched, p.batch, p.q_len, p.num_heads_q, p.d_v);
+  core::attach_accumulators(sched, p);
   EXPECT_EQ(!sched.lse_accum.empty(), cs.split) << "the case no longer tests what it says";
   std::fill(sched.lse_accum.begin(), sched.lse_accum.end(), kNaN);
   std::fill(sched.o_accum.begin(), sched.o_accum.end(), kNaN);
-  p.lse_accum = sched.lse_accum.empty() ? nullptr : sched.lse_accum.data();
-  p.o_accum = sched.o_accum.empty() ? nullptr : sched.o_accum.data();
   cuda::run_dense_decode(p, nullptr);
 
   HostTensor ref_out = HostTensor::empty(cs.c.dtype, {cs.c.batch, cs.c.q_len, cs.c.num_heads_q, 512});
@@ -183,9 +181,7 @@ TEST(CudaDenseDecodeEdges, AllRequestsEmpty) {
   for (int64_t i = 0; i < cs.batch; ++i) data.cache_seqlens.i32({i}) = 0;
   core::ResolvedSchedule sched;
   core::DenseDecodeParams p = core::prepare_dense_decode(data.args(), {.num_threads = 2}, sched);
-  core::allocate_accumulators(sched, p.batch, p.q_len, p.num_heads_q, p.d_v);
-  p.lse_accum = sched.lse_accum.empty() ? nullptr : sched.lse_accum.data();
-  p.o_accum = sched.o_accum.empty() ? nullptr : sched.o_accum.data();
+  core::attach_accumulators(sched, p);
   cuda::run_dense_decode(p, nullptr);
   for (int64_t i = 0; i < cs.batch; ++i)
     for (int64_t s = 0; s < cs.q_len; ++s)

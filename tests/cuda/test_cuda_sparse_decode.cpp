@@ -181,8 +181,11 @@ TEST(CudaSparseKvTile, DequantisesLikeTheCodec) {
       std::vector<int32_t> slots(static_cast<size_t>(tiles * 64), -1);
       for (int64_t t = 0; t < tokens; ++t) slots[static_cast<size_t>(t)] = static_cast<int32_t>(t);
       std::shuffle(slots.begin(), slots.end(), rng);
-      const cuda::SparseKvPoolArgs pool{cache.data(), page * bpt, bpt, page, nullptr, 0, 0, 0,
-                                        nullptr};
+      const cuda::SparseKvPoolArgs pool{.data = cache.data(),
+                                        .block_stride_bytes = page * bpt,
+                                        .token_stride_bytes = bpt,
+                                        .page_block_size = page,
+                                        .num_tokens = tokens};
       const int kind = format == KvFormat::v32 ? cuda::kSparseKvV32 : cuda::kSparseKvModel1;
       std::vector<uint16_t> rows(static_cast<size_t>(tiles * 64 * d_qk), 0xAAAA);
       const int smem = static_cast<int>(64 * (d_qk + 8) * 2 + 64 * 4);

@@ -162,9 +162,12 @@ __global__ void __launch_bounds__(kThreads, 1) combine_splitkv__sm80(const core:
   const int lane = lane_id();
   for (int64_t rs = blockIdx.x; rs < rows; rs += gridDim.x) {
     const int64_t r = rs / p.q_len, s = rs % p.q_len;
-    const int64_t first = p.num_splits[r];
-    const int n = p.num_splits[r + 1] - p.num_splits[r];
-    if (n < 2) continue;  // written by the split kernel (or nothing to write): untouched
+    const int64_t first = p.num_splits[r], n64 = int64_t{p.num_splits[r + 1]} - first;
+    if (n64 < 2) continue;  // written by the split kernel (or nothing to write): untouched
+    // Pieces outside the accumulators (num_splits is device data, unchecked): nothing is read
+    // and the request's rows stay untouched.
+    if (first < 0 || first + n64 > p.num_slots) continue;
+    const int n = static_cast<int>(n64);
     for (int64_t h = int64_t{blockIdx.y} * kWarps + warp_id(); h < p.num_heads_q;
          h += int64_t{gridDim.y} * kWarps) {
       combine_row<kVec>(p, r, s, h, first, n, lane);
@@ -195,7 +198,8 @@ void run_combine(const core::CombineParams& p, void* stream) {
 
 void combine_decode_accumulators(int64_t batch, int64_t q_len, int64_t num_heads_q, int64_t d_v,
                                  const float* lse_accum, const float* o_accum,
-                                 const int32_t* num_splits, const float* attn_sink,
+                                 int64_t num_slots, const int32_t* num_splits,
+                                 const float* attn_sink,
                                  DType out_dtype, void* out, const int64_t out_stride[3],
                                  float* lse, const int64_t lse_stride[3], void* stream) {
   // num_splits lives on the device: unlike the CPU version there is no "nothing split" early
@@ -214,6 +218,7 @@ void combine_decode_accumulators(int64_t batch, int64_t q_len, int64_t num_heads
   p.o_accum_stride[0] = slot_rows * d_v;
   p.o_accum_stride[1] = num_heads_q * d_v;
   p.o_accum_stride[2] = d_v;
+  p.num_slots = num_slots;
   p.num_splits = num_splits;
   p.attn_sink = attn_sink;
   p.out_dtype = out_dtype;

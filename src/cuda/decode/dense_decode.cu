@@ -51,8 +51,10 @@ void run_dense_decode(const core::DenseDecodeParams& p, void* stream) {
   a.q_aligned = layout_aligned(p.q, p.q_stride, 16);
   a.k_aligned = layout_aligned(p.k_cache, p.k_stride, 16);
   a.out_aligned = layout_aligned(p.out, p.out_stride, 4);
+  a.num_blocks = p.num_blocks;
   a.block_table = p.block_table;
   a.block_table_stride = p.block_table_stride;
+  a.max_blocks_per_seq = p.max_blocks_per_seq;
   a.cache_seqlens = p.cache_seqlens;
   a.out = static_cast<uint16_t*>(p.out);
   a.lse = p.lse;
@@ -61,10 +63,11 @@ void run_dense_decode(const core::DenseDecodeParams& p, void* stream) {
   a.num_splits = p.num_splits;
   a.lse_accum = p.lse_accum;
   a.o_accum = p.o_accum;
+  a.num_accum_slots = p.num_accum_slots;
   launch_dense_decode_sm80(a, stream);
   combine_decode_accumulators(p.batch, p.q_len, p.num_heads_q, p.d_v, p.lse_accum, p.o_accum,
-                              p.num_splits, nullptr, p.dtype, p.out, p.out_stride, p.lse,
-                              p.lse_stride, stream);
+                              p.num_accum_slots, p.num_splits, nullptr, p.dtype, p.out,
+                              p.out_stride, p.lse, p.lse_stride, stream);
 }
 
 FMLA_CUDA_NS_END

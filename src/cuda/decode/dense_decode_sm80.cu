@@ -30,12 +30,14 @@ constexpr int kSchedBlock = 64;  // tokens per block of the split-KV schedule
 constexpr float kInf = INFINITY;
 
 // Shared memory: Q (16 rows), two K tiles (32 rows each), P (16 x 32), per-warp row maxima and
-// row sums.
+// row sums, the tiles' token validity.
 constexpr int kSmemBytes =
-    (kRows + 2 * kTile) * kLdk * 2 + kRows * kLdp * 2 + 2 * kWarps * kRows * 4;
+    (kRows + 2 * kTile) * kLdk * 2 + kRows * kLdp * 2 + 2 * kWarps * kRows * 4 + 2 * kTile * 4;
 static_assert(kSmemBytes <= 99 * 1024, "fits every SM80+ GPU");
 
-__device__ __forceinline__ int imin(int x, int y) { return x < y ? x : y; }
+__device__ __forceinline__ int64_t clamp64(int64_t x, int64_t lo, int64_t hi) {
+  return x < lo ? lo : (x > hi ? hi : x);
+}
 
 // The 16 query rows row0.. of KV head g of request r (rows past rows_per_kv are zeros).
 __device__ __forceinline__ void load_q(const DenseDecodeArgs& a, int r, int g, int row0,
@@ -53,22 +55,29 @@ __device__ __forceinline__ void load_q(const DenseDecodeArgs& a, int r, int g, i
   }
 }
 
-// Tokens t0..t0+31 of KV head g of request r into sk; tokens >= t_end are zero-filled. Thread
-// (token tid / 4, quarter tid % 4) copies chunks quarter, quarter + 4, ... of its token.
+// Tokens t0..t0+31 of KV head g of request r into sk, and their validity into ok; tokens >= t_end
+// are zero-filled. Thread (token tid / 4, quarter tid % 4) copies chunks quarter, quarter + 4,
+// ... of its token.
 __device__ __forceinline__ void load_kv_tile(const DenseDecodeArgs& a, int r, int g, int t0,
-                                             int t_end, uint16_t* sk) {
+                                             int t_end, uint16_t* sk, int* ok) {
   const int j = static_cast<int>(threadIdx.x) / 4, quarter = static_cast<int>(threadIdx.x) % 4;
   const int t = t0 + j;
-  const bool valid = t < t_end;
+  bool valid = t < t_end;
   const uint16_t* src = a.k_cache;
   if (valid) {
     const int64_t blk = a.block_table[r * a.block_table_stride + t / a.page_block_size];
-    src += blk * a.k_stride[0] + (t % a.page_block_size) * a.k_stride[1] + g * a.k_stride[2];
+    // A block id outside the cache (the table is device data, unchecked here) makes the token
+    // invalid, like one past the length: nothing is read and its score is -inf.
+    valid = blk >= 0 && blk < a.num_blocks;
+    if (valid) {
+      src += blk * a.k_stride[0] + (t % a.page_block_size) * a.k_stride[1] + g * a.k_stride[2];
+    }
   }
   uint16_t* dst = sk + j * kLdk;
   for (int c = quarter; c < kChunks; c += 4) {
     copy16(dst + 8 * c, valid ? src + 8 * c : src, valid, a.k_aligned);
   }
+  if (quarter == 0) ok[j] = valid ? 1 : 0;
 }
 
 }  // namespace
@@ -81,6 +90,7 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
   uint16_t* sp = sk0 + 2 * kTile * kLdk;
   float* s_max = reinterpret_cast<float*>(sp + kRows * kLdp);
   float* s_sum = s_max + kWarps * kRows;
+  int* s_ok0 = reinterpret_cast<int*>(s_sum + kWarps * kRows);  // two tiles' token validity
 
   const int lane = lane_id(), warp = warp_id();
   const int hpk = a.num_heads_q / a.num_heads_kv;
@@ -99,14 +109,20 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
   const int r_lo = lane / 4, quad = lane % 4;
   const int tok_lo = (row0 + r_lo) / hpk, tok_hi = (row0 + r_lo + 8) / hpk;
 
-  for (int r = begin_req; r <= end_req && r < a.batch; ++r) {
-    const int seqlen = a.cache_seqlens[r];
+  // Lengths, schedule records and num_splits are device data that no host check has seen: each
+  // is clamped to what the tensors hold (a length to the block table's reach, a piece to its
+  // request, a split slot to the accumulators), so a corrupt value never leads outside them.
+  const int64_t reach = int64_t{a.max_blocks_per_seq} * a.page_block_size;
+  for (int r = begin_req < 0 ? 0 : begin_req; r <= end_req && r < a.batch; ++r) {
+    const int seqlen = static_cast<int>(clamp64(a.cache_seqlens[r], 0, reach));
     const bool is_begin = r == begin_req, is_end = r == end_req;
-    const int blk0 = is_begin ? begin_blk : 0;
-    const int blk1 = is_end ? end_blk : (seqlen > 0 ? (seqlen - 1) / kSchedBlock : 0) + 1;
+    const int64_t blk0 = is_begin ? begin_blk : 0;
+    const int64_t blk1 = is_end ? end_blk : (seqlen > 0 ? (seqlen - 1) / kSchedBlock : 0) + 1;
     const bool split = is_begin ? first_split : (is_end && last_split);
-    const int slot = a.num_splits[r] + (is_begin ? begin_split : 0);
-    const int tok0 = imin(blk0 * kSchedBlock, seqlen), tok1 = imin(blk1 * kSchedBlock, seqlen);
+    const int64_t slot = int64_t{a.num_splits[r]} + (is_begin ? begin_split : 0);
+    const bool slot_ok = slot >= 0 && slot < a.num_accum_slots;
+    const int tok0 = static_cast<int>(clamp64(blk0 * kSchedBlock, 0, seqlen));
+    const int tok1 = static_cast<int>(clamp64(blk1 * kSchedBlock, tok0, seqlen));
     const int n_tiles = (tok1 - tok0 + kTile - 1) / kTile;
     // Last visible key of each row (causal: bottom-right aligned).
     const int last_lo = a.causal ? seqlen - a.q_len + tok_lo : seqlen;
@@ -114,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
 
     __syncthreads();  // the previous request is done with every buffer
     load_q(a, r, g, row0, rows_per_kv, sq);
-    if (n_tiles > 0) load_kv_tile(a, r, g, tok0, tok1, sk0);
+    if (n_tiles > 0) load_kv_tile(a, r, g, tok0, tok1, sk0, s_ok0);
     cp_async_commit();
 
     float o[16][4];
@@ -127,7 +143,8 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
       cp_async_wait<0>();
       __syncthreads();  // tile it visible; everyone is done with tile it-1's buffer and P
       if (it + 1 < n_tiles) {
-        load_kv_tile(a, r, g, t0 + kTile, tok1, sk0 + ((it + 1) & 1) * kTile * kLdk);
+        load_kv_tile(a, r, g, t0 + kTile, tok1, sk0 + ((it + 1) & 1) * kTile * kLdk,
+                     s_ok0 + ((it + 1) & 1) * kTile);
       }
       cp_async_commit();
 
@@ -144,12 +161,14 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
         mma_acc<kFp16>(s, qa, b0);
         mma_acc<kFp16>(s2, qb, b1);
       }
-      // Scale to log2 units and mask: past the piece's end, or past the row's causal window.
+      // Scale to log2 units and mask: invalid tokens (past the piece's end, or in a block
+      // outside the cache), or past the row's causal window.
       const int t = t0 + 8 * warp + 2 * quad;
+      const int* ok = s_ok0 + (it & 1) * kTile;
       for (int e = 0; e < 4; ++e) {
         const int te = t + (e & 1);
         const int last = e < 2 ? last_lo : last_hi;
-        s[e] = (te < tok1 && te <= last) ? (s[e] + s2[e]) * a.scale_log2 : -kInf;
+        s[e] = (ok[te - t0] && te <= last) ? (s[e] + s2[e]) * a.scale_log2 : -kInf;
       }
       const float wmax_lo = quad_max(fmaxf(s[0], s[1])), wmax_hi = quad_max(fmaxf(s[2], s[3]));
       if (quad == 0) {
@@ -225,8 +244,8 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
           a.lse[r * a.lse_stride[0] + h * a.lse_stride[1] + s_idx * a.lse_stride[2]] =
               l > 0.0f ? (m + log2f(l)) * 0.69314718055994530942f : kInf;
         }
-      } else {
-        const int64_t row = (static_cast<int64_t>(slot) * a.q_len + s_idx) * a.num_heads_q + h;
+      } else if (slot_ok) {
+        const int64_t row = (slot * a.q_len + s_idx) * a.num_heads_q + h;
         float* dst = a.o_accum + row * kDv + col0;
         for (int j = 0; j < 16; ++j) {
           dst[8 * j] = o[j][2 * half] * inv_l;

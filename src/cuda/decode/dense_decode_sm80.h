@@ -20,8 +20,10 @@ struct DenseDecodeArgs {
   const uint16_t* k_cache;
   int64_t k_stride[3];          // elements: block, token, head
   bool k_aligned;               // k_cache and its strides are multiples of 16 bytes
+  int64_t num_blocks;           // k_cache's blocks
   const int32_t* block_table;
   int64_t block_table_stride;
+  int64_t max_blocks_per_seq;   // block_table's columns
   const int32_t* cache_seqlens;
   uint16_t* out;
   int64_t out_stride[3];
@@ -33,6 +35,7 @@ struct DenseDecodeArgs {
   const int32_t* num_splits;    // (batch + 1,)
   float* lse_accum;             // (slots, q_len, num_heads_q), log2 units
   float* o_accum;               // (slots, q_len, num_heads_q, 512)
+  int64_t num_accum_slots;
 };
 
 // Runs every part of the schedule: grid (num_heads_kv * ceil(q_len * hpk / 16), num_parts),

@@ -15,9 +15,16 @@ namespace {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 SparseKvPoolArgs pool_args(const core::SparseKvPool& pool) {
-  return {pool.data, pool.block_stride_bytes, pool.token_stride_bytes, pool.page_block_size,
-          pool.indices, pool.indices_stride[0], pool.indices_stride[1], pool.topk,
-          pool.topk_length};
+  return {.data = pool.data,
+          .block_stride_bytes = pool.block_stride_bytes,
+          .token_stride_bytes = pool.token_stride_bytes,
+          .page_block_size = pool.page_block_size,
+          .num_tokens = pool.num_tokens,
+          .indices = pool.indices,
+          .indices_stride0 = pool.indices_stride[0],
+          .indices_stride1 = pool.indices_stride[1],
+          .topk = pool.topk,
+          .topk_length = pool.topk_length};
 }
 
 // Every 16-byte chunk the kernel loads from the pool starts at a multiple of 16 bytes.
@@ -66,10 +73,11 @@ void run_sparse_decode(const core::SparseDecodeParams& p, void* stream) {
   a.num_splits = p.num_splits;
   a.lse_accum = p.lse_accum;
   a.o_accum = p.o_accum;
+  a.num_accum_slots = p.num_accum_slots;
   launch_sparse_decode_sm80(a, stream);
   combine_decode_accumulators(p.batch, p.q_len, p.num_heads_q, p.d_v, p.lse_accum, p.o_accum,
-                              p.num_splits, p.attn_sink, DType::bf16, p.out, p.out_stride, p.lse,
-                              p.lse_stride, stream);
+                              p.num_accum_slots, p.num_splits, p.attn_sink, DType::bf16, p.out,
+                              p.out_stride, p.lse, p.lse_stride, stream);
 }
 
 FMLA_CUDA_NS_END

@@ -36,8 +36,11 @@ __host__ __device__ constexpr int smem_bytes(int d_qk) {
          2 * kWarps * kHeads * 4 + kTile * 4;
 }
 
+// topk_length is device data, unchecked: clamped to the index list.
 __device__ __forceinline__ int64_t pool_length(const SparseKvPoolArgs& pool, int r) {
-  return pool.topk_length ? pool.topk_length[r] : pool.topk;
+  if (!pool.topk_length) return pool.topk;
+  const int64_t t = pool.topk_length[r];
+  return t < 0 ? 0 : (t > pool.topk ? pool.topk : t);
 }
 
 __device__ __forceinline__ int64_t main_blocks(const SparseDecodeArgs& a, int r) {
@@ -89,12 +92,17 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
   const int32_t* rec = a.sched + 8 * part;
   const int begin_req = rec[0], end_req = rec[1];
 
-  for (int r = begin_req; r <= end_req && r < a.batch; ++r) {
+  // Schedule records and num_splits are device data, unchecked: a piece is clamped to its
+  // request's blocks and a split slot to the accumulators.
+  for (int r = begin_req < 0 ? 0 : begin_req; r <= end_req && r < a.batch; ++r) {
     const bool is_begin = r == begin_req, is_end = r == end_req;
-    const int64_t blk0 = is_begin ? rec[2] : 0;
-    const int64_t blk1 = is_end ? rec[3] : num_blocks(a, r);
+    const int64_t n_blk = num_blocks(a, r);
+    const int64_t blk0 = is_begin ? (rec[2] < 0 ? 0 : (rec[2] > n_blk ? n_blk : rec[2])) : 0;
+    const int64_t blk1 =
+        is_end ? (rec[3] < blk0 ? blk0 : (rec[3] > n_blk ? n_blk : rec[3])) : n_blk;
     const bool split = is_begin ? rec[5] != 0 : (is_end && rec[6] != 0);
-    const int64_t slot = a.num_splits[r] + (is_begin ? rec[4] : 0);
+    const int64_t slot = int64_t{a.num_splits[r]} + (is_begin ? rec[4] : 0);
+    const bool slot_ok = slot >= 0 && slot < a.num_accum_slots;
     const int64_t n_main = main_blocks(a, r);
 
     load_q(a, r, s, h0, nh, sq, ldk);
@@ -117,7 +125,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
       if (tid < kTile) {
         const int64_t col = c0 + tid;
         const int32_t v = col < c1 ? row[col] : -1;
-        s_slot[tid] = v < 0 ? -1 : v;
+        s_slot[tid] = v < 0 || v >= pool.num_tokens ? -1 : v;  // outside the cache: invalid
       }
       __syncthreads();
       if (!__any_sync(kFullMask, s_slot[lane] >= 0)) continue;  // the CPU's n == 0
@@ -159,6 +167,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
       const int h = h0 + hr;
       const bool empty = !(l[i] > 0.0f);
       if (split) {  // the combine applies the sink
+        if (!slot_ok) continue;
         const int64_t arow = (slot * a.q_len + s) * a.num_heads_q + h;
         const float factor = empty ? 0.0f : 1.0f / l[i];
         float* dst = a.o_accum + arow * kDv + 128 * warp + 2 * q4;

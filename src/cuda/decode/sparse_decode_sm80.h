@@ -29,6 +29,7 @@ struct SparseDecodeArgs {
   const int32_t* num_splits;
   float* lse_accum;
   float* o_accum;
+  int64_t num_accum_slots;
 };
 
 // Runs every part of the schedule: grid (q_len * ceil(num_heads_q / 16), num_parts), 128

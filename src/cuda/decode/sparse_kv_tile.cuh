@@ -16,6 +16,7 @@ enum SparseKvKind : int { kSparseKvBf16 = 0, kSparseKvV32 = 1, kSparseKvModel1 =
 struct SparseKvPoolArgs {
   const uint8_t* data;
   int64_t block_stride_bytes, token_stride_bytes, page_block_size;
+  int64_t num_tokens;          // slots in the cache (num_blocks * page_block_size)
   const int32_t* indices;
   int64_t indices_stride0, indices_stride1;
   int64_t topk;

@@ -88,7 +88,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int nh = a.num_heads_q - h0 < kHeads ? static_cast<int>(a.num_heads_q - h0) : kHeads;
 
   const int32_t* idx = a.indices + tok * a.indices_stride;
-  const int64_t len = a.topk_length ? a.topk_length[tok] : a.topk;
+  // topk_length is device data, unchecked: clamped to the index list.
+  const int64_t len_given = a.topk_length ? a.topk_length[tok] : a.topk;
+  const int64_t len = len_given < 0 ? 0 : (len_given > a.topk ? a.topk : len_given);
   const int64_t n_tiles = (len + kTile - 1) / kTile;
 
   float m[2] = {-kInf, -kInf}, l[2] = {0.0f, 0.0f};  // per row g, g + 8; m in log2 units
