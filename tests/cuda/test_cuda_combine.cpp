@@ -23,32 +23,10 @@ namespace flashmla {
 namespace {
 
 using testing::CombineCase;
+using testing::combine_params_of;
 using testing::CombineData;
 using testing::HostTensor;
 
-core::CombineParams params_of(const CombineData& d) {
-  const MlaCombineArgs a = d.args();
-  core::CombineParams p;
-  p.batch = a.num_splits.size(0) - 1;
-  p.q_len = a.o_accum.size(1);
-  p.num_heads_q = a.o_accum.size(2);
-  p.d_v = a.o_accum.size(3);
-  p.lse_accum = a.lse_accum.ptr<const float>();
-  p.o_accum = a.o_accum.ptr<const float>();
-  p.num_slots = a.o_accum.size(0);
-  for (int i = 0; i < 3; ++i) {
-    p.lse_accum_stride[i] = a.lse_accum.stride(i);
-    p.o_accum_stride[i] = a.o_accum.stride(i);
-    p.out_stride[i] = a.out.stride(i);
-    p.lse_stride[i] = a.lse.stride(i);
-  }
-  p.num_splits = a.num_splits.ptr<const int32_t>();
-  p.attn_sink = a.attn_sink.defined() ? a.attn_sink.ptr<const float>() : nullptr;
-  p.out_dtype = a.out.dtype;
-  p.out = a.out.data;
-  p.lse = a.lse.ptr<float>();
-  return p;
-}
 
 bool is_nan_bits(uint32_t bits, DType dt) {
   switch (dt) {
@@ -102,8 +80,8 @@ TEST_P(CudaCombineGrid, MatchesReferenceAndCpuBitwise) {
   if (GetParam().padded) pad_outputs(data);
   CombineData cpu = data;  // deep copy: same inputs, NaN outputs
 
-  cuda::run_combine(params_of(data), nullptr);
-  cpu::decode::run_combine(params_of(cpu));
+  cuda::run_combine(combine_params_of(data), nullptr);
+  cpu::decode::run_combine(combine_params_of(cpu));
   for (const auto& r : testing::compare_combine_with_reference(data)) {
     EXPECT_TRUE(r.ok) << r.message;
   }
@@ -170,7 +148,7 @@ TEST(CudaCombine, DecodeAccumulatorsMatchCpu) {
                          .seed = sink ? 8u : 7u};
     CombineData data = testing::make_combine_data(cs);
     CombineData cpu = data;
-    const core::CombineParams g = params_of(data), c = params_of(cpu);
+    const core::CombineParams g = combine_params_of(data), c = combine_params_of(cpu);
     cuda::combine_decode_accumulators(g.batch, g.q_len, g.num_heads_q, g.d_v, g.lse_accum,
                                       g.o_accum, g.num_slots, g.num_splits, g.attn_sink,
                                       g.out_dtype, g.out, g.out_stride, g.lse, g.lse_stride,
@@ -187,7 +165,7 @@ TEST(CudaCombine, DecodeAccumulatorsMatchCpu) {
 TEST(CudaCombine, NothingSplitWritesNothing) {
   const CombineCase cs{.q_len = 1, .num_heads_q = 4, .head_dim_v = 64, .pieces = {1, 0, 1}};
   CombineData data = testing::make_combine_data(cs);
-  cuda::run_combine(params_of(data), nullptr);
+  cuda::run_combine(combine_params_of(data), nullptr);
   for (int64_t i = 0; i < data.out.numel(); ++i) {
     EXPECT_TRUE(std::isnan(data.out.get({i / 256, 0, (i / 64) % 4, i % 64})));
   }

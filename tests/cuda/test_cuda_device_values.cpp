@@ -68,6 +68,22 @@ struct DenseSchedule {
   }
 };
 
+// A dense decode of `cs` with an explicit schedule of `parts` parts, prepared by the library
+// (validated on the host) with its accumulators.
+struct PreparedDense {
+  testing::DenseDecodeData data;
+  MlaDecodeArgs args;
+  DenseSchedule schedule;
+  core::ResolvedSchedule sched;
+  core::DenseDecodeParams p;
+  PreparedDense(const testing::DenseDecodeCase& cs, int parts)
+      : data(testing::make_dense_decode_data(cs)), args(data.args()) {
+    schedule.attach(args, cs.batch, parts);
+    p = core::prepare_dense_decode(args, {}, sched);
+    core::attach_accumulators(sched, p);
+  }
+};
+
 // Nonsense for every field of every record and every split count.
 void scramble_schedule(int32_t* records, int num_parts, int32_t* num_splits, int64_t batch) {
   const int32_t junk[] = {INT_MIN, -7, 1 << 30, INT_MAX, -1, 3};
@@ -80,45 +96,33 @@ TEST(CudaDeviceValues, DenseDecodeLengthsAndBlockIdsStayInTheirRequest) {
   const testing::DenseDecodeCase cs{.batch = 4, .q_len = 2, .kv_len = 400, .num_heads_q = 16,
                                     .num_heads_kv = 1, .page_block_size = 16, .causal = true,
                                     .seed = 41};
-  testing::DenseDecodeData data = testing::make_dense_decode_data(cs);
-  MlaDecodeArgs args = data.args();
-  DenseSchedule schedule;
-  schedule.attach(args, cs.batch, 3);
-  core::ResolvedSchedule sched;
-  core::DenseDecodeParams p = core::prepare_dense_decode(args, {}, sched);
-  core::attach_accumulators(sched, p);
-  ASSERT_GT(p.num_accum_slots, 0) << "the case no longer splits a request";
+  PreparedDense d(cs, 3);
+  ASSERT_GT(d.p.num_accum_slots, 0) << "the case no longer splits a request";
 
   HostTensor ref_out = HostTensor::empty(cs.dtype, {cs.batch, cs.q_len, cs.num_heads_q, 512});
   HostTensor ref_lse = HostTensor::empty(DType::fp32, {cs.batch, cs.num_heads_q, cs.q_len});
-  MlaDecodeArgs ref_args = args;
+  MlaDecodeArgs ref_args = d.args;
   ref_args.out = ref_out.view();
   ref_args.lse = ref_lse.view();
   ref::dense_decode(ref_args);
 
   // Request 0: a length far past its block table row; request 1: block ids outside the cache.
-  data.cache_seqlens.i32({0}) = INT_MAX;
+  d.data.cache_seqlens.i32({0}) = INT_MAX;
   const int32_t bad_ids[] = {1 << 30, -7, INT_MIN, INT_MAX};
-  for (int64_t j = 0; j < data.block_table.view().shape[1]; ++j) {
-    data.block_table.i32({1, j}) = bad_ids[j % 4];
+  for (int64_t j = 0; j < d.data.block_table.view().shape[1]; ++j) {
+    d.data.block_table.i32({1, j}) = bad_ids[j % 4];
   }
-  cuda::run_dense_decode(p, nullptr);
-  expect_rows_match(data.out.view(), ref_out.view(), data.lse.view(), ref_lse.view(), 2);
+  cuda::run_dense_decode(d.p, nullptr);
+  expect_rows_match(d.data.out.view(), ref_out.view(), d.data.lse.view(), ref_lse.view(), 2);
 }
 
 TEST(CudaDeviceValues, DenseDecodeScheduleStaysInsideTheTensors) {
   const testing::DenseDecodeCase cs{.batch = 4, .q_len = 1, .kv_len = 400, .num_heads_q = 32,
                                     .num_heads_kv = 2, .seed = 42};
-  testing::DenseDecodeData data = testing::make_dense_decode_data(cs);
-  MlaDecodeArgs args = data.args();
-  DenseSchedule schedule;
-  schedule.attach(args, cs.batch, 3);
-  core::ResolvedSchedule sched;
-  core::DenseDecodeParams p = core::prepare_dense_decode(args, {}, sched);
-  core::attach_accumulators(sched, p);
-  ASSERT_GT(p.num_accum_slots, 0) << "the case no longer splits a request";
-  scramble_schedule(schedule.meta.data(), p.num_parts, schedule.splits.data(), cs.batch);
-  EXPECT_NO_THROW(cuda::run_dense_decode(p, nullptr));
+  PreparedDense d(cs, 3);
+  ASSERT_GT(d.p.num_accum_slots, 0) << "the case no longer splits a request";
+  scramble_schedule(d.schedule.meta.data(), d.p.num_parts, d.schedule.splits.data(), cs.batch);
+  EXPECT_NO_THROW(cuda::run_dense_decode(d.p, nullptr));
 }
 
 TEST(CudaDeviceValues, SparseDecodeLengthsAndSlotsStayInTheirRequest) {
@@ -192,25 +196,7 @@ TEST(CudaDeviceValues, CombineSplitCountsStayInsideTheAccumulators) {
   ref_args.lse = ref_lse.view();
   ref::combine(ref_args);
 
-  const MlaCombineArgs a = data.args();
-  core::CombineParams p;
-  p.batch = cs.batch();
-  p.q_len = cs.q_len;
-  p.num_heads_q = cs.num_heads_q;
-  p.d_v = cs.head_dim_v;
-  p.lse_accum = a.lse_accum.ptr<const float>();
-  p.o_accum = a.o_accum.ptr<const float>();
-  p.num_slots = a.o_accum.size(0);
-  for (int i = 0; i < 3; ++i) {
-    p.lse_accum_stride[i] = a.lse_accum.stride(i);
-    p.o_accum_stride[i] = a.o_accum.stride(i);
-    p.out_stride[i] = a.out.stride(i);
-    p.lse_stride[i] = a.lse.stride(i);
-  }
-  p.num_splits = a.num_splits.ptr<const int32_t>();
-  p.out_dtype = a.out.dtype;
-  p.out = a.out.data;
-  p.lse = a.lse.ptr<float>();
+  const core::CombineParams p = testing::combine_params_of(data);
   // Request 0 ends past the slots, request 1 starts past them (and ends before it starts).
   data.num_splits.i32({1}) = INT_MAX;
   cuda::run_combine(p, nullptr);

@@ -100,4 +100,28 @@ std::vector<CompareResult> compare_combine_with_reference(const CombineData& dat
           check_is_allclose("lse", data.lse.view(), expected.lse.view(), 1e-6, 8.01 / 65536)};
 }
 
+core::CombineParams combine_params_of(const CombineData& d) {
+  const MlaCombineArgs a = d.args();
+  core::CombineParams p;
+  p.batch = a.num_splits.size(0) - 1;
+  p.q_len = a.o_accum.size(1);
+  p.num_heads_q = a.o_accum.size(2);
+  p.d_v = a.o_accum.size(3);
+  p.lse_accum = a.lse_accum.ptr<const float>();
+  p.o_accum = a.o_accum.ptr<const float>();
+  p.num_slots = a.o_accum.size(0);
+  for (int i = 0; i < 3; ++i) {
+    p.lse_accum_stride[i] = a.lse_accum.stride(i);
+    p.o_accum_stride[i] = a.o_accum.stride(i);
+    p.out_stride[i] = a.out.stride(i);
+    p.lse_stride[i] = a.lse.stride(i);
+  }
+  p.num_splits = a.num_splits.ptr<const int32_t>();
+  p.attn_sink = a.attn_sink.defined() ? a.attn_sink.ptr<const float>() : nullptr;
+  p.out_dtype = a.out.dtype;
+  p.out = a.out.data;
+  p.lse = a.lse.ptr<float>();
+  return p;
+}
+
 }  // namespace flashmla::testing

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/combine_params.h"
 #include "flashmla/flashmla.h"
 #include "testing/compare.h"
 #include "testing/host_tensor.h"
@@ -50,5 +51,9 @@ CombineData make_combine_data(const CombineCase& c);
 // with FlashMLA's tolerances (reference §6.1): one result per output, for
 // `EXPECT_TRUE(r.ok) << r.message`.
 std::vector<CompareResult> compare_combine_with_reference(const CombineData& data);
+
+// The params of a combine of `data` as the library would build them (for calling a backend's
+// run_combine directly).
+core::CombineParams combine_params_of(const CombineData& data);
 
 }  // namespace flashmla::testing

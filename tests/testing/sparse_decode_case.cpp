@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "flashmla/kv_format.h"
-
+#include "ref/ref.h"
 #include "testing/random_data.h"
 
 namespace flashmla::testing {
@@ -277,6 +277,18 @@ void SparseDecodeSchedule::attach(const SparseDecodeData& d, int parts, MlaDecod
                     .num_sm_parts = parts,
                     .tile_scheduler_metadata = args.tile_scheduler_metadata,
                     .num_splits = args.num_splits});
+}
+
+std::vector<CompareResult> compare_sparse_decode_with_reference(const MlaDecodeArgs& args) {
+  const int64_t b = args.q.size(0), s_q = args.q.size(1), h_q = args.q.size(2);
+  HostTensor ref_out = HostTensor::empty(DType::bf16, {b, s_q, h_q, 512});
+  HostTensor ref_lse = HostTensor::empty(DType::fp32, {b, h_q, s_q});  // contiguous on purpose
+  MlaDecodeArgs ref_args = args;
+  ref_args.out = ref_out.view();
+  ref_args.lse = ref_lse.view();
+  ref::sparse_decode(ref_args);
+  return {check_is_allclose("out", args.out, ref_out.view(), 1e-3, 2.01 / 128, 5e-6),
+          check_is_allclose("lse", args.lse, ref_lse.view(), 1e-6, 8.01 / 65536)};
 }
 
 }  // namespace flashmla::testing

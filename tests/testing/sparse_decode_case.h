@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "flashmla/flashmla.h"
+#include "testing/compare.h"
 #include "testing/host_tensor.h"
 
 namespace flashmla::testing {
@@ -81,6 +82,10 @@ struct SparseDecodeData {
 // Deterministic in c.seed. Index entries past a request's topk_length hold garbage (INT_MAX,
 // INT_MIN, 2147480000, -2) or valid slots pointing at NaN tokens.
 SparseDecodeData make_sparse_decode_data(const SparseDecodeCase& c);
+
+// args.out and args.lse (already computed) against the reference run on the same inputs, with
+// FlashMLA's sparse decode tolerances (reference §6.1): one result per output.
+std::vector<CompareResult> compare_sparse_decode_with_reference(const MlaDecodeArgs& args);
 
 // Owned buffers of an explicit get_mla_metadata schedule (sparse mode) of `parts` parts for the
 // data's lengths; attach() computes it and points args' metadata and num_splits at it.
