@@ -38,7 +38,8 @@ using testing::HostTensor;
 
 // The view without its first `n` rows (dim 0).
 TensorView rows_from(TensorView v, int64_t n) {
-  v.data = static_cast<char*>(v.data) + n * v.strides[0] * static_cast<int64_t>(dtype_size(v.dtype));
+  const int64_t bytes = n * v.strides[0] * static_cast<int64_t>(dtype_size(v.dtype));
+  v.data = static_cast<char*>(v.data) + bytes;
   v.shape[0] -= n;
   return v;
 }
