@@ -27,7 +27,6 @@ using testing::combine_params_of;
 using testing::CombineData;
 using testing::HostTensor;
 
-
 bool is_nan_bits(uint32_t bits, DType dt) {
   switch (dt) {
     case DType::bf16: return (bits & 0x7fffu) > 0x7f80u;

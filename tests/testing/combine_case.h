@@ -30,7 +30,6 @@ struct CombineCase {
 // GoogleTest prints parameters with this (the case name instead of raw bytes).
 inline void PrintTo(const CombineCase& c, std::ostream* os) { *os << c.name(); }
 
-
 struct CombineData {
   HostTensor num_splits;  // (b + 1,) int32
   HostTensor lse_accum;   // (num_slots, s_q, h_q) fp32, log2 units

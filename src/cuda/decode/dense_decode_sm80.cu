@@ -17,7 +17,6 @@
 #include "cuda/decode/dense_decode_sm80.h"
 #include "flashmla/error.h"
 
-
 FMLA_CUDA_NS_BEGIN
 
 namespace {

@@ -12,7 +12,6 @@
 #include "cuda/common/portable.h"
 #include "cuda/prefill/sparse_prefill_sm80.h"
 
-
 FMLA_CUDA_NS_BEGIN
 
 namespace {
