@@ -85,6 +85,20 @@ struct PreparedDense {
   }
 };
 
+// A sparse decode of `cs` with an explicit schedule of `parts` parts, prepared by the library
+// (validated on the host) with its accumulators.
+struct PreparedSparse {
+  testing::SparseDecodeData data;
+  MlaDecodeArgs args;
+  testing::SparseDecodeSchedule schedule;
+  core::PreparedSparseDecode prep;
+  PreparedSparse(const testing::SparseDecodeCase& cs, int parts)
+      : data(testing::make_sparse_decode_data(cs)), args(data.args()) {
+    schedule.attach(data, parts, args);
+    core::prepare_sparse_decode(args, Context{.num_threads = 1}, /*allocate=*/true, prep);
+  }
+};
+
 // Nonsense for every field of every record and every split count.
 void scramble_schedule(int32_t* records, int num_parts, int32_t* num_splits, int64_t batch) {
   const int32_t junk[] = {INT_MIN, -7, 1 << 30, INT_MAX, -1, 3};
@@ -129,41 +143,31 @@ TEST(CudaDeviceValues, DenseDecodeScheduleStaysInsideTheTensors) {
 TEST(CudaDeviceValues, SparseDecodeLengthsAndSlotsStayInTheirRequest) {
   const testing::SparseDecodeCase cs{.batch = 4, .num_heads_q = 16, .kv_len = 200, .topk = 96,
                                      .page_block_size = 32, .topk_length = true, .seed = 43};
-  testing::SparseDecodeData data = testing::make_sparse_decode_data(cs);
-  MlaDecodeArgs args = data.args();
-  testing::SparseDecodeSchedule schedule;
-  schedule.attach(data, 3, args);
-  core::PreparedSparseDecode prep;
-  core::prepare_sparse_decode(args, Context{.num_threads = 1}, /*allocate=*/true, prep);
+  PreparedSparse d(cs, 3);
 
   HostTensor ref_out = HostTensor::empty(DType::bf16, {cs.batch, 1, cs.num_heads_q, 512});
   HostTensor ref_lse = HostTensor::empty(DType::fp32, {cs.batch, cs.num_heads_q, 1});
-  MlaDecodeArgs ref_args = args;
+  MlaDecodeArgs ref_args = d.args;
   ref_args.out = ref_out.view();
   ref_args.lse = ref_lse.view();
   ref::sparse_decode(ref_args);
 
   // Request 0: a length past its index list; request 1: slots past the cache.
-  data.topk_length.i32({0}) = INT_MAX;
+  d.data.topk_length.i32({0}) = INT_MAX;
   const int32_t bad_slots[] = {1 << 30, INT_MAX, 1 << 20};
-  for (int64_t j = 0; j < cs.topk; ++j) data.indices.i32({1, 0, j}) = bad_slots[j % 3];
-  cuda::run_sparse_decode(prep.params, nullptr);
-  expect_rows_match(data.out.view(), ref_out.view(), data.lse_view(), ref_lse.view(), 2);
+  for (int64_t j = 0; j < cs.topk; ++j) d.data.indices.i32({1, 0, j}) = bad_slots[j % 3];
+  cuda::run_sparse_decode(d.prep.params, nullptr);
+  expect_rows_match(d.data.out.view(), ref_out.view(), d.data.lse_view(), ref_lse.view(), 2);
 }
 
 TEST(CudaDeviceValues, SparseDecodeScheduleStaysInsideTheTensors) {
   const testing::SparseDecodeCase cs{.batch = 1, .num_heads_q = 16, .kv_len = 600, .topk = 512,
                                      .page_block_size = 64, .seed = 44};
-  testing::SparseDecodeData data = testing::make_sparse_decode_data(cs);
-  MlaDecodeArgs args = data.args();
-  testing::SparseDecodeSchedule schedule;
-  schedule.attach(data, 4, args);
-  core::PreparedSparseDecode prep;
-  core::prepare_sparse_decode(args, Context{.num_threads = 1}, /*allocate=*/true, prep);
-  ASSERT_GT(prep.params.num_accum_slots, 0) << "the case no longer splits a request";
-  scramble_schedule(schedule.meta.data(), prep.params.num_parts, schedule.splits.data(),
+  PreparedSparse d(cs, 4);
+  ASSERT_GT(d.prep.params.num_accum_slots, 0) << "the case no longer splits a request";
+  scramble_schedule(d.schedule.meta.data(), d.prep.params.num_parts, d.schedule.splits.data(),
                     cs.batch);
-  EXPECT_NO_THROW(cuda::run_sparse_decode(prep.params, nullptr));
+  EXPECT_NO_THROW(cuda::run_sparse_decode(d.prep.params, nullptr));
 }
 
 TEST(CudaDeviceValues, SparsePrefillLengthsStayInTheirToken) {
