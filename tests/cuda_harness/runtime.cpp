@@ -337,7 +337,7 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
     }
     return !lanes.empty();
   };
-  auto pick = [&](std::vector<int>& from) {
+  auto pick = [&](const std::vector<int>& from) {
     return from[static_cast<size_t>(rng() % from.size())];
   };
   if (policy == Policy::rounds) {
@@ -368,12 +368,7 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
       } else {
         order.clear();  // here: the warps that can run
         for (int w = 0; w < warps; ++w) {
-          for (int i = w * 32; i < std::min(n, w * 32 + 32); ++i) {
-            if (b.threads[i].state == State::runnable) {
-              order.push_back(w);
-              break;
-            }
-          }
+          if (runnable_lanes(w)) order.push_back(w);
         }
         if (!order.empty()) {
           runnable_lanes(pick(order));
