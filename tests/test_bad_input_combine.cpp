@@ -69,7 +69,7 @@ std::vector<CombineBadCase> combine_cases() {
       value("o_accum"));
   add("o_accum_null", [](C& f) { f.args.o_accum = null_data(f.args.o_accum); }, value("o_accum"));
   add("o_accum_cuda", [](C& f) { f.args.o_accum = on_cuda(f.args.o_accum); },
-      unsupported("o_accum"));
+      cuda_lead("o_accum", "lse_accum"));
   add("o_accum_last_dim_strided", [](C& f) {
     TensorView big = f.buf.alloc(DType::fp32, {6, 2, 8, 1024}).view();
     f.args.o_accum = TensorView::strided(big.data, DType::fp32, {6, 2, 8, 512},
@@ -109,7 +109,7 @@ std::vector<CombineBadCase> combine_cases() {
   add("lse_accum_null", [](C& f) { f.args.lse_accum = null_data(f.args.lse_accum); },
       value("lse_accum"));
   add("lse_accum_cuda", [](C& f) { f.args.lse_accum = on_cuda(f.args.lse_accum); },
-      unsupported("lse_accum"));
+      value("lse_accum"));
 
   // ---- num_splits ----
   add("num_splits_dtype_fp32", [](C& f) {
@@ -125,7 +125,7 @@ std::vector<CombineBadCase> combine_cases() {
   add("num_splits_null", [](C& f) { f.args.num_splits = null_data(f.args.num_splits); },
       value("num_splits"));
   add("num_splits_cuda", [](C& f) { f.args.num_splits = on_cuda(f.args.num_splits); },
-      unsupported("num_splits"));
+      value("num_splits"));
   add("num_splits_strided", [](C& f) {
     std::vector<int32_t> v;
     for (int64_t i = 0; i < 4; ++i) v.insert(v.end(), {f.split(i), f.split(i)});
@@ -164,7 +164,7 @@ std::vector<CombineBadCase> combine_cases() {
     f.args.attn_sink = TensorView::strided(t.data, DType::fp32, {8}, {2});
   }, value("attn_sink"));
   add("attn_sink_cuda", [](C& f) { f.args.attn_sink = on_cuda(f.args.attn_sink); },
-      unsupported("attn_sink"));
+      value("attn_sink"));
 
   // ---- out ----
   add("out_dtype_int32", [](C& f) {
@@ -189,7 +189,7 @@ std::vector<CombineBadCase> combine_cases() {
     f.args.out = f.buf.alloc_output(DType::bf16, {3, 2, 8, 576}).view();
   }, value("out"));
   add("out_null", [](C& f) { f.args.out = null_data(f.args.out); }, value("out"));
-  add("out_cuda", [](C& f) { f.args.out = on_cuda(f.args.out); }, unsupported("out"));
+  add("out_cuda", [](C& f) { f.args.out = on_cuda(f.args.out); }, value("out"));
   add("out_last_dim_strided", [](C& f) {
     TensorView big = f.buf.alloc_output(DType::bf16, {3, 2, 8, 1024}).view();
     f.args.out = TensorView::strided(big.data, DType::bf16, {3, 2, 8, 512},
@@ -213,7 +213,7 @@ std::vector<CombineBadCase> combine_cases() {
     f.args.lse = f.buf.alloc_output(DType::fp32, {4, 8, 2}).view();
   }, value("lse"));
   add("lse_null", [](C& f) { f.args.lse = null_data(f.args.lse); }, value("lse"));
-  add("lse_cuda", [](C& f) { f.args.lse = on_cuda(f.args.lse); }, unsupported("lse"));
+  add("lse_cuda", [](C& f) { f.args.lse = on_cuda(f.args.lse); }, value("lse"));
   add("lse_zero_stride", [](C& f) { f.args.lse = restride(f.args.lse, {16, 0, 1}); },
       value("lse"));
   return c;

@@ -121,7 +121,7 @@ std::vector<DecodeBadCase> decode_cases() {
   add("q_rank7", [](F& f) { f.args.q.rank = 7; }, value("q"));
   add("q_negative_size", [](F& f) { f.args.q.shape[1] = -2; }, value("q"));
   add("q_null", [](F& f) { f.args.q = null_data(f.args.q); }, value("q"));
-  add("q_cuda", [](F& f) { f.args.q = on_cuda(f.args.q); }, unsupported("q"));
+  add("q_cuda", [](F& f) { f.args.q = on_cuda(f.args.q); }, cuda_lead("q", "k_cache"));
   add("q_last_dim_strided", [](F& f) {
     TensorView big = f.buf.alloc(DType::bf16, {3, 2, 8, 1152}).view();
     f.args.q = TensorView::strided(big.data, DType::bf16, {3, 2, 8, 576},
@@ -176,7 +176,7 @@ std::vector<DecodeBadCase> decode_cases() {
   }, value("k_cache"));
   add("k_cache_null", [](F& f) { f.args.k_cache = null_data(f.args.k_cache); }, value("k_cache"));
   add("k_cache_cuda", [](F& f) { f.args.k_cache = on_cuda(f.args.k_cache); },
-      unsupported("k_cache"));
+      value("k_cache"));
   add("k_cache_last_dim_strided", [](F& f) {
     TensorView big = f.buf.alloc(DType::bf16, {f.num_blocks, f.page, 2, 1152}).view();
     f.args.k_cache = TensorView::strided(big.data, DType::bf16, {f.num_blocks, f.page, 2, 576},
@@ -228,7 +228,7 @@ std::vector<DecodeBadCase> decode_cases() {
   add("cache_seqlens_null", [](F& f) { f.args.cache_seqlens = null_data(f.args.cache_seqlens); },
       value("cache_seqlens"));
   add("cache_seqlens_cuda", [](F& f) { f.args.cache_seqlens = on_cuda(f.args.cache_seqlens); },
-      unsupported("cache_seqlens"));
+      value("cache_seqlens"));
   add("cache_seqlens_strided", [](F& f) {
     std::vector<int32_t> v;
     for (int32_t len : f.d.seqlens) v.insert(v.end(), {len, len});
@@ -268,7 +268,7 @@ std::vector<DecodeBadCase> decode_cases() {
   add("block_table_null", [](F& f) { f.args.block_table = null_data(f.args.block_table); },
       value("block_table"));
   add("block_table_cuda", [](F& f) { f.args.block_table = on_cuda(f.args.block_table); },
-      unsupported("block_table"));
+      value("block_table"));
   add("block_table_last_dim_strided", [](F& f) {
     std::vector<int32_t> v;
     for (int64_t i = 0; i < 3; ++i)
@@ -384,7 +384,7 @@ std::vector<DecodeBadCase> decode_cases() {
   add("metadata_cuda", [](F& f) {
     f.attach_schedule();
     f.args.tile_scheduler_metadata = on_cuda(f.args.tile_scheduler_metadata);
-  }, unsupported("tile_scheduler_metadata"));
+  }, value("tile_scheduler_metadata"));
   add("num_splits_dtype_fp32", [](F& f) {
     f.attach_schedule();
     f.args.num_splits = with_dtype(f.args.num_splits, DType::fp32);
@@ -418,7 +418,7 @@ std::vector<DecodeBadCase> decode_cases() {
   add("num_splits_cuda", [](F& f) {
     f.attach_schedule();
     f.args.num_splits = on_cuda(f.args.num_splits);
-  }, unsupported("num_splits"));
+  }, value("num_splits"));
   add("stale_schedule_longer_lengths", [](F& f) {
     std::vector<int32_t> other = f.d.seqlens;
     for (int32_t& len : other) len += 64;  // one more 64-token block each
@@ -484,7 +484,7 @@ std::vector<DecodeBadCase> decode_cases() {
   add("out_dim3_256", [](F& f) { f.args.out = reshape(f.args.out, {3, 2, 8, 256}); },
       value("out"));
   add("out_null", [](F& f) { f.args.out = null_data(f.args.out); }, value("out"));
-  add("out_cuda", [](F& f) { f.args.out = on_cuda(f.args.out); }, unsupported("out"));
+  add("out_cuda", [](F& f) { f.args.out = on_cuda(f.args.out); }, value("out"));
   add("out_last_dim_strided", [](F& f) {
     TensorView big = f.buf.alloc_output(DType::bf16, {3, 2, 8, 1024}).view();
     f.args.out = TensorView::strided(big.data, DType::bf16, {3, 2, 8, 512},
@@ -523,7 +523,7 @@ std::vector<DecodeBadCase> decode_cases() {
     f.args.lse = f.buf.alloc_output(DType::fp32, {3, 8, 3}).view();
   }, value("lse"));
   add("lse_null", [](F& f) { f.args.lse = null_data(f.args.lse); }, value("lse"));
-  add("lse_cuda", [](F& f) { f.args.lse = on_cuda(f.args.lse); }, unsupported("lse"));
+  add("lse_cuda", [](F& f) { f.args.lse = on_cuda(f.args.lse); }, value("lse"));
   add("lse_zero_stride_last", [](F& f) { f.args.lse = restride(f.args.lse, {16, 2, 0}); },
       value("lse"));
   add("lse_all_strides_zero", [](F& f) { f.args.lse = restride(f.args.lse, {0, 0, 0}); },
@@ -536,7 +536,7 @@ std::vector<DecodeBadCase> decode_cases() {
     f.args.q = on_cuda(f.args.q);
     f.args.k_cache = on_cuda(f.args.k_cache);
     f.args.out = on_cuda(f.args.out);
-  }, unsupported("q"));
+  }, cuda_lead("q", "cache_seqlens"));
   return c;
 }
 

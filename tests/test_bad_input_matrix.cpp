@@ -67,8 +67,11 @@ struct Outcome {
 
 // Runs every mutation of every field on fresh copies of a valid call.
 template <class Args, class Make, class Call>
-Outcome run_matrix(const char* function, const std::vector<Field<Args>>& fields, Make make,
-                   Call call) {
+// cuda_lead: the argument whose device the call runs on (nullptr: a CPU-only operation). A CUDA
+// tensor anywhere else is a device mismatch (value error); a CUDA lead is unsupported without a
+// CUDA backend, and with one the first CPU argument after it is the mismatch.
+Outcome run_matrix(const char* function, const char* cuda_lead,
+                   const std::vector<Field<Args>>& fields, Make make, Call call) {
   Outcome out;
   for (const Field<Args>& f : fields) {
     struct Mutation {
@@ -114,9 +117,12 @@ Outcome run_matrix(const char* function, const std::vector<Field<Args>>& fields,
                         v.data = nullptr;
                       }, f.name, ErrorKind::value});
     }
+    const bool lead = cuda_lead != nullptr && std::string(cuda_lead) == f.name;
     muts.push_back({"cuda", [](TensorView& v, std::deque<HostTensor>&) {
                       v.device = Device::cuda;
-                    }, f.name, ErrorKind::unsupported});
+                    },
+                    lead && has_cuda_backend() ? "" : f.name,
+                    cuda_lead == nullptr || lead ? ErrorKind::unsupported : ErrorKind::value});
     if (!f.any_strides) muts.push_back({"strided last dim", [=](TensorView& v, std::deque<HostTensor>& o) {
                       std::vector<int64_t> s = shape_of(v);
                       std::vector<int64_t> big = s;
@@ -235,7 +241,7 @@ TEST(BadInputMatrix, SparseDecode) {
       {"out", &A::out, {DType::bf16}, false, true},
       {"lse", &A::lse, {DType::fp32}, false, true, {}, true},
   };
-  const Outcome o = run_matrix<A>("flash_mla_with_kvcache", fields, make,
+  const Outcome o = run_matrix<A>("flash_mla_with_kvcache", "q", fields, make,
                                   [](const A& a) { flash_mla_with_kvcache(a); });
   report("flash_mla_with_kvcache (sparse mode)", o);
   EXPECT_GT(o.cases, 100);
@@ -271,7 +277,7 @@ TEST(BadInputMatrix, SparsePrefill) {
       {"max_logits", &A::max_logits, {DType::fp32}, false, true, {}, true},
       {"lse", &A::lse, {DType::fp32}, false, true, {}, true},
   };
-  const Outcome o = run_matrix<A>("flash_mla_sparse_fwd", fields, make,
+  const Outcome o = run_matrix<A>("flash_mla_sparse_fwd", "q", fields, make,
                                   [](const A& a) { flash_mla_sparse_fwd(a); });
   report("flash_mla_sparse_fwd", o);
   EXPECT_GT(o.cases, 80);
@@ -309,7 +315,7 @@ TEST(BadInputMatrix, DenseDecode) {
       {"out", &A::out, {DType::bf16, DType::fp16}, false, true},
       {"lse", &A::lse, {DType::fp32}, false, true, {}, true},
   };
-  const Outcome o = run_matrix<A>("flash_mla_with_kvcache", fields, make,
+  const Outcome o = run_matrix<A>("flash_mla_with_kvcache", "q", fields, make,
                                   [](const A& a) { flash_mla_with_kvcache(a); });
   report("flash_mla_with_kvcache (dense)", o);
   EXPECT_GT(o.cases, 60);
@@ -343,7 +349,7 @@ TEST(BadInputMatrix, Combine) {
       {"out", &A::out, {DType::bf16, DType::fp16, DType::fp32}, false, true},
       {"lse", &A::lse, {DType::fp32}, false, true, {}, true},
   };
-  const Outcome o = run_matrix<A>("mla_combine", fields, make,
+  const Outcome o = run_matrix<A>("mla_combine", "o_accum", fields, make,
                                   [](const A& a) { mla_combine(a); });
   report("mla_combine", o);
   EXPECT_GT(o.cases, 60);
@@ -378,7 +384,7 @@ TEST(BadInputMatrix, GetMlaMetadata) {
       {"tile_scheduler_metadata", &A::tile_scheduler_metadata, {DType::int32}, false, true},
       {"num_splits", &A::num_splits, {DType::int32}, false, true},
   };
-  const Outcome o = run_matrix<A>("get_mla_metadata", fields, make,
+  const Outcome o = run_matrix<A>("get_mla_metadata", "tile_scheduler_metadata", fields, make,
                                   [](const A& a) { get_mla_metadata(a); });
   report("get_mla_metadata", o);
   EXPECT_GT(o.cases, 30);
@@ -423,7 +429,7 @@ TEST(BadInputMatrix, MhaForward) {
       {"out", &A::out, {DType::bf16}, false, true},
       {"lse", &A::lse, {DType::fp32}, false, true, {}, true},
   };
-  const Outcome o = run_matrix<A>("flash_attn_varlen_fwd", fields, make,
+  const Outcome o = run_matrix<A>("flash_attn_varlen_fwd", nullptr, fields, make,
                                   [](const A& a) { flash_attn_varlen_fwd(a); });
   report("flash_attn_varlen_fwd", o);
   EXPECT_GT(o.cases, 60);
@@ -444,7 +450,7 @@ TEST(BadInputMatrix, MhaBackward) {
       {"dk", &A::dk, {DType::bf16}, false, true},
       {"dv", &A::dv, {DType::bf16}, false, true},
   };
-  const Outcome o = run_matrix<A>("flash_attn_varlen_bwd", fields, make,
+  const Outcome o = run_matrix<A>("flash_attn_varlen_bwd", nullptr, fields, make,
                                   [](const A& a) { flash_attn_varlen_bwd(a); });
   report("flash_attn_varlen_bwd", o);
   EXPECT_GT(o.cases, 40);
@@ -479,7 +485,7 @@ void kv_matrix(bool dequantize) {
         {"cache", &A::cache, {DType::uint8, DType::fp8_e4m3}, false, !dequantize},
     };
     const char* fn = dequantize ? "dequantize_kv_cache" : "quantize_kv_cache";
-    const Outcome o = run_matrix<A>(fn, fields, make, [&](const A& a) {
+    const Outcome o = run_matrix<A>(fn, nullptr, fields, make, [&](const A& a) {
       dequantize ? dequantize_kv_cache(a) : quantize_kv_cache(a);
     });
     report((std::string(fn) + " " + kv_format_name(format)).c_str(), o);

@@ -63,7 +63,7 @@ std::vector<MetadataBadCase> metadata_cases() {
   add("cache_seqlens_null", [](M& f) { f.args.cache_seqlens = null_data(f.args.cache_seqlens); },
       value("cache_seqlens"));
   add("cache_seqlens_cuda", [](M& f) { f.args.cache_seqlens = on_cuda(f.args.cache_seqlens); },
-      unsupported("cache_seqlens"));
+      value("cache_seqlens"));
   add("cache_seqlens_strided", [](M& f) {
     TensorView t = f.buf.alloc_i32({6}, {100, 100, 0, 0, 300, 300}).view();
     f.args.cache_seqlens = TensorView::strided(t.data, DType::int32, {3}, {2});
@@ -130,7 +130,7 @@ std::vector<MetadataBadCase> metadata_cases() {
   }, value("tile_scheduler_metadata"));
   add("metadata_cuda", [](M& f) {
     f.args.tile_scheduler_metadata = on_cuda(f.args.tile_scheduler_metadata);
-  }, unsupported("tile_scheduler_metadata"));
+  }, cuda_lead("tile_scheduler_metadata", "cache_seqlens"));
   add("metadata_non_contiguous", [](M& f) {
     TensorView t = f.buf.alloc_output(DType::int32, {kParts, 16}).view();
     f.args.tile_scheduler_metadata = TensorView::strided(t.data, DType::int32, {kParts, 8}, {16, 1});
@@ -153,7 +153,7 @@ std::vector<MetadataBadCase> metadata_cases() {
   add("num_splits_null", [](M& f) { f.args.num_splits = null_data(f.args.num_splits); },
       value("num_splits"));
   add("num_splits_cuda", [](M& f) { f.args.num_splits = on_cuda(f.args.num_splits); },
-      unsupported("num_splits"));
+      value("num_splits"));
   add("num_splits_strided", [](M& f) {
     TensorView t = f.buf.alloc_output(DType::int32, {8}).view();
     f.args.num_splits = TensorView::strided(t.data, DType::int32, {4}, {2});

@@ -10,8 +10,12 @@ inline constexpr int kMaxSmParts = 1 << 20;   // upper bound of a schedule's num
 struct Context {
   int num_threads = 0;          // CPU worker threads in [0, kMaxThreads]; 0 = default
                                 // (FLASHMLA_NUM_THREADS, else OpenMP's default)
-  void* cuda_stream = nullptr;  // reserved for the CUDA backend
+  void* cuda_stream = nullptr;  // cudaStream_t of calls on CUDA tensors; null = default stream
 };
+
+// Whether calls on CUDA tensors can run: the library was built with its CUDA backend (nvcc).
+// Says nothing about a GPU being present; a call without one fails with the CUDA error.
+bool has_cuda_backend();
 
 // Number of CPU worker threads a call with this context uses.
 int resolved_num_threads(const Context& ctx);

@@ -11,6 +11,17 @@
 //                               .tile_scheduler_metadata = TensorView::contiguous(meta.data(), ...),
 //                               .num_splits = TensorView::contiguous(splits.data(), ...)});
 //   for (layer ...) flashmla::flash_mla_with_kvcache({.q = ..., .tile_scheduler_metadata = ...});
+//
+// Devices: a call runs where its leading tensor is (q; o_accum for mla_combine;
+// tile_scheduler_metadata for get_mla_metadata), and every other tensor must be on the same
+// device. CPU tensors run the CPU backend. CUDA tensors (TensorView::device == Device::cuda,
+// device pointers) run the CUDA backend on ctx.cuda_stream, asynchronously, when the library was
+// built with it (else an Error, unsupported); the operations of flashmla/mha.h and kv_format.h
+// are CPU-only. On the GPU the host checks shapes, dtypes and strides but cannot read values
+// inside tensors (lengths, block ids, indices, a given schedule): the kernels keep every access
+// inside the tensors whatever those values are, but out-of-range values give wrong results for
+// the requests that hold them rather than an Error. Without a given schedule a GPU decode call
+// runs the scheduler on the device and allocates its buffers on the stream (cudaMallocAsync).
 #pragma once
 
 #include <cstddef>
@@ -35,11 +46,13 @@ struct MlaDecodeShape {
   int64_t num_heads_kv = 1;  // h_kv
 };
 
-// Number of scheduler parts ("SM parts") the CPU backend uses for this shape. Rule: one part per
-// worker thread; a part processes every query head of every KV head of its (request, block)
-// range, so a KV tile is gathered once per KV head and tile of up to 128 query rows; see
-// docs/conventions.md.
-int mla_num_sm_parts(const MlaDecodeShape& shape, const Context& ctx = {});
+// Number of scheduler parts ("SM parts") the backend of `device` uses for this shape. CPU: one
+// part per worker thread; a part processes every query head of every KV head of its (request,
+// block) range, so a KV tile is gathered once per KV head and tile of up to 128 query rows (see
+// docs/conventions.md). CUDA: FlashMLA's rule (reference §5.1) with S the multiprocessors of
+// the current device, max(S / h_kv / ceil(q_len * h_q / h_kv / 64), 1).
+int mla_num_sm_parts(const MlaDecodeShape& shape, const Context& ctx = {},
+                     Device device = Device::cpu);
 
 // Scheduler constants of the CPU dense decode kernel (the same as FlashMLA's SM90 dense decode).
 inline constexpr int kSchedulerBlockSize = 64;     // tokens per scheduler block (a KV tile)
@@ -62,7 +75,7 @@ struct MlaMetadataArgs {
 
 // Computes the split-KV schedule (records of §5.2 by the algorithm of §5.3). Compute it once per
 // decoding step; every layer of the step reuses it.
-void get_mla_metadata(const MlaMetadataArgs& args);
+void get_mla_metadata(const MlaMetadataArgs& args, const Context& ctx = {});
 
 // ---------------------------------------------------------------------------------------------
 // Dense MLA decode over a paged KV cache (FlashMLA's flash_mla_with_kvcache without indices).

@@ -4,6 +4,7 @@ Inputs become ``_C.TensorView`` objects without a copy; outputs are allocated in
 of a reference input (torch tensors on its device, or NumPy arrays). torch is never imported
 here: an object can only be a torch tensor if torch is already loaded.
 """
+import contextlib
 import operator
 import sys
 
@@ -38,11 +39,30 @@ def get_num_threads() -> int:
     return _C.resolved_num_threads(context())
 
 
-def context():
-    """A fresh ``_C.Context`` carrying the module's thread setting."""
+def context(like=None):
+    """A fresh ``_C.Context`` carrying the module's thread setting and, when ``like`` is a CUDA
+    torch tensor, torch's current stream on its device (the C++ call queues its work there)."""
     ctx = _C.Context()
     ctx.num_threads = _num_threads
+    if is_cuda(like):
+        ctx.cuda_stream = _torch().cuda.current_stream(like.device).cuda_stream
     return ctx
+
+
+def is_cuda(x) -> bool:
+    """A torch tensor on a CUDA device."""
+    return is_torch(x) and x.is_cuda
+
+
+def device_of(x):
+    """The ``_C.Device`` a call whose leading argument is ``x`` runs on."""
+    return _C.Device.cuda if is_cuda(x) else _C.Device.cpu
+
+
+def on_device(x):
+    """A context manager making ``x``'s CUDA device current (the C++ library runs on the current
+    device), or doing nothing for other arrays."""
+    return _torch().cuda.device(x.device) if is_cuda(x) else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------

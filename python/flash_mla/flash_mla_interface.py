@@ -1,7 +1,9 @@
 """FlashMLA's Python API (version 1.0.0) on the flashmla C++ library (``flash_mla._C``).
 
 Every function takes torch tensors or NumPy arrays (bf16 as ``ml_dtypes.bfloat16``) and returns
-results of the same kind (torch: on the input's device). Arguments are validated by the C++
+results of the same kind (torch: on the input's device). CUDA tensors run the library's CUDA
+backend on torch's current stream when it was built with one (``_C.has_cuda_backend()``); the
+MHA functions and the KV-cache codec are CPU-only. Arguments are validated by the C++
 library (ValueError / TypeError naming the argument; RuntimeError for what this build cannot
 run); only FlashMLA's own Python-level checks raise AssertionError.
 """
@@ -84,7 +86,9 @@ def _compute_schedule(like, shape, cache_seqlens=None, topk=None, topk_length=No
                       extra_topk=None, extra_topk_length=None, ctx=None):
     """(tile_scheduler_metadata, num_splits) for ``shape`` with ``mla_num_sm_parts`` parts:
     dense from cache_seqlens, or sparse (topk given) as the sparse decode counts tokens."""
-    parts = _C.mla_num_sm_parts(shape, ctx or T.context())
+    ctx = ctx or T.context(like)
+    with T.on_device(like):
+        parts = _C.mla_num_sm_parts(shape, ctx, T.device_of(like))
     meta = T.empty(like, (parts, 8), "int32")
     splits = T.empty(like, (shape.batch + 1,), "int32")
     args = _C.MlaMetadataArgs()
@@ -97,7 +101,8 @@ def _compute_schedule(like, shape, cache_seqlens=None, topk=None, topk_length=No
     else:
         T.set_views(args, fn, cache_seqlens=cache_seqlens)
     T.set_views(args, fn, tile_scheduler_metadata=meta, num_splits=splits)
-    _C.get_mla_metadata(args)
+    with T.on_device(like):
+        _C.get_mla_metadata(args, ctx)
     return meta, splits
 
 
@@ -223,19 +228,22 @@ def flash_mla_with_kvcache(
                 extra_topk_length=extra_topk_length, out=out, lse=lse)
     if legacy:
         T.set_views(args, fn, tile_scheduler_metadata=sched_meta, num_splits=num_splits)
-        _C.flash_mla_with_kvcache(args, T.context())
+        with T.on_device(q):
+            _C.flash_mla_with_kvcache(args, T.context(q))
         return out, lse
 
     if sched_meta.tile_scheduler_metadata is not None:
         T.set_views(args, fn, tile_scheduler_metadata=sched_meta.tile_scheduler_metadata,
                     num_splits=sched_meta.num_splits)
-        _C.flash_mla_with_kvcache(args, T.context())
+        with T.on_device(q):
+            _C.flash_mla_with_kvcache(args, T.context(q))
         return out, lse
 
     # First call: the C++ call validates everything and computes the schedule it needs (with
     # mla_num_sm_parts parts, like get_mla_metadata below); then the same schedule is stored.
-    ctx = T.context()
-    _C.flash_mla_with_kvcache(args, ctx)
+    ctx = T.context(q)
+    with T.on_device(q):
+        _C.flash_mla_with_kvcache(args, ctx)
     shape = _C.MlaDecodeShape()
     shape.batch, shape.q_len, shape.num_heads_q, shape.num_heads_kv = b, s_q, h_q, config.h_k
     if indices is not None:
@@ -286,7 +294,8 @@ def flash_mla_sparse_fwd(
     args.d_v = T.to_int(d_v, fn, "d_v")
     T.set_views(args, fn, q=q, kv=kv, indices=indices, attn_sink=attn_sink,
                 topk_length=topk_length, out=out, max_logits=max_logits, lse=lse)
-    _C.flash_mla_sparse_fwd(args, T.context())
+    with T.on_device(q):
+        _C.flash_mla_sparse_fwd(args, T.context(q))
     return out, max_logits, lse
 
 

@@ -7,6 +7,8 @@
 #include <utility>
 #include <sstream>
 
+#include "core/cuda_backend.h"
+
 namespace flashmla::core {
 
 std::string dtype_list(std::initializer_list<DType> allowed) {
@@ -25,6 +27,7 @@ const int32_t* checked_lengths(const Checker& c, const TensorView& t, const char
   if (!t.defined()) return nullptr;
   c.tensor(t, arg, {DType::int32}, {batch}, true);
   const auto* len = t.ptr<const int32_t>();
+  if (c.on_cuda()) return len;
   for (int64_t i = 0; i < batch; ++i) {
     if (len[i] < 0 || len[i] > max) {
       c.fail(ErrorKind::value, arg, "values in [0, " + std::to_string(max) + "]",
@@ -105,12 +108,22 @@ void Checker::present(const TensorView& t, const char* arg) const {
                dtype_name(t.dtype));
     }
   }
-  if (t.device != Device::cpu) {
-    fail(ErrorKind::unsupported, arg,
-         "a CPU tensor (this API runs the CPU backend; the CUDA kernels are not reachable "
-         "through it yet)",
-         "a CUDA tensor");
+  if (t.device != device_) {
+    const auto where = [](Device d) { return d == Device::cuda ? "a CUDA tensor" : "a CPU tensor"; };
+    if (device_arg_ == nullptr) {
+      fail(ErrorKind::unsupported, arg,
+           std::string("a CPU tensor (") + function_ + " has no CUDA kernel)", where(t.device));
+    }
+    fail(ErrorKind::value, arg,
+         std::string(where(device_)) + ", on the device of '" + device_arg_ + "'",
+         where(t.device));
   }
+}
+
+const CudaBackend* Checker::use_device_of(const TensorView& t, const char* arg) {
+  device_ = t.device;
+  device_arg_ = arg;
+  return t.device == Device::cuda ? &required_cuda_backend(*this, arg) : nullptr;
 }
 
 void Checker::dtype(const TensorView& t, const char* arg,

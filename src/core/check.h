@@ -16,15 +16,26 @@ inline constexpr int64_t kAnySize = -1;  // wildcard in Checker::shape
 // Largest byte extent of a view (first to last addressed element): a user address space.
 inline constexpr int64_t kMaxTensorBytes = int64_t{1} << 47;
 
+struct CudaBackend;
+
 class Checker {
  public:
   explicit Checker(const char* function) : function_(function) {}
+
+  // The device of the call: every tensor must be on the device of `t` (its leading tensor,
+  // named `arg`). Returns the CUDA backend for a CUDA tensor (an Error when this build has
+  // none), null for a CPU one. Operations that never call this are CPU-only: a CUDA tensor
+  // there is reported as unsupported.
+  const CudaBackend* use_device_of(const TensorView& t, const char* arg);
+  // The call runs on the GPU: values inside its tensors cannot be read on the host.
+  bool on_cuda() const { return device_ == Device::cuda; }
 
   [[noreturn]] void fail(ErrorKind kind, const std::string& argument, const std::string& expected,
                          const std::string& got) const;
 
   // The view is usable at all: non-null data (unless the tensor is empty), a rank in
-  // [0, kMaxRank], non-negative sizes, a byte extent of at most kMaxTensorBytes, a CPU pointer.
+  // [0, kMaxRank], non-negative sizes, a byte extent of at most kMaxTensorBytes, on the call's
+  // device (use_device_of; else the CPU).
   void present(const TensorView& t, const char* arg) const;
   void dtype(const TensorView& t, const char* arg, std::initializer_list<DType> allowed) const;
   void rank(const TensorView& t, const char* arg, int expected) const;
@@ -42,11 +53,14 @@ class Checker {
 
  private:
   const char* function_;
+  Device device_ = Device::cpu;
+  const char* device_arg_ = nullptr;  // the tensor use_device_of took the device from
 };
 
 std::string dtype_list(std::initializer_list<DType> allowed);
 
-// An optional (batch,) int32 contiguous tensor of lengths in [0, max]; null when not given.
+// An optional (batch,) int32 contiguous tensor of lengths in [0, max]; null when not given. On
+// the GPU (c.on_cuda()) only its layout is checked: the kernels clamp lengths to [0, max].
 const int32_t* checked_lengths(const Checker& c, const TensorView& t, const char* arg,
                                int64_t batch, int64_t max);
 

@@ -1,6 +1,8 @@
-// mla_combine: argument checks around the CPU combine kernel.
+// mla_combine: argument checks around the CPU combine kernel, or for CUDA tensors the CUDA
+// backend's.
 #include "core/check.h"
 #include "core/combine_params.h"
+#include "core/cuda_backend.h"
 #include "cpu/decode/combine.h"
 #include "flashmla/flashmla.h"
 
@@ -9,6 +11,7 @@ namespace flashmla {
 void mla_combine(const MlaCombineArgs& a, const Context& ctx) {
   core::Checker c("mla_combine");
   const int num_threads = core::checked_num_threads(c, ctx);
+  const core::CudaBackend* cuda = c.use_device_of(a.o_accum, "o_accum");
   c.present(a.o_accum, "o_accum");
   c.rank(a.o_accum, "o_accum", 4);
   c.dtype(a.o_accum, "o_accum", {DType::fp32});
@@ -28,12 +31,14 @@ void mla_combine(const MlaCombineArgs& a, const Context& ctx) {
   const int64_t b = a.num_splits.size(0) - 1;
   if (b < 1) c.fail(ErrorKind::value, "num_splits", "shape (batch + 1,) with batch >= 1",
                     a.num_splits.shape_string());
+  // The prefix sum is checked on the host only; on the GPU the kernel leaves a request whose
+  // pieces fall outside the slots untouched.
   const auto* splits = a.num_splits.ptr<const int32_t>();
-  if (splits[0] != 0) {
+  if (!c.on_cuda() && splits[0] != 0) {
     c.fail(ErrorKind::value, "num_splits", "num_splits[0] = 0",
            "num_splits[0] = " + std::to_string(splits[0]));
   }
-  for (int64_t i = 0; i < b; ++i) {
+  for (int64_t i = 0; i < (c.on_cuda() ? 0 : b); ++i) {
     if (splits[i + 1] < splits[i] || splits[i + 1] > slots) {
       c.fail(ErrorKind::value, "num_splits",
              "a non-decreasing prefix sum within [0, " + std::to_string(slots) +
@@ -53,7 +58,7 @@ void mla_combine(const MlaCombineArgs& a, const Context& ctx) {
   c.tensor(a.lse, "lse", {DType::fp32}, {b, h_q, s_q}, false);
   c.non_overlapping(a.lse, "lse");
 
-  cpu::decode::run_combine({
+  const core::CombineParams p{
       .batch = b, .q_len = s_q, .num_heads_q = h_q, .d_v = d_v,
       .lse_accum = a.lse_accum.ptr<const float>(),
       .lse_accum_stride = {a.lse_accum.stride(0), a.lse_accum.stride(1), a.lse_accum.stride(2)},
@@ -68,7 +73,9 @@ void mla_combine(const MlaCombineArgs& a, const Context& ctx) {
       .lse = a.lse.ptr<float>(),
       .lse_stride = {a.lse.stride(0), a.lse.stride(1), a.lse.stride(2)},
       .num_threads = num_threads,
-  });
+  };
+  if (cuda != nullptr) return cuda->combine(p, ctx.cuda_stream);
+  cpu::decode::run_combine(p);
 }
 
 }  // namespace flashmla

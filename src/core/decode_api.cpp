@@ -1,4 +1,5 @@
-// flash_mla_with_kvcache (dense): arguments -> validated params -> CPU kernel.
+// flash_mla_with_kvcache (dense): arguments -> validated params -> CPU kernel, or for CUDA tensors
+// the CUDA backend's kernel.
 #include <cmath>
 #include <span>
 #include <utility>
@@ -7,6 +8,7 @@
 #include "core/check.h"
 #include "core/decode_params.h"
 #include "core/decode_prepare.h"
+#include "core/device_schedule.h"
 #include "core/schedule_arg.h"
 #include "core/scheduler.h"
 #include "core/sparse_decode_call.h"
@@ -35,7 +37,8 @@ namespace core {
 DenseDecodeParams validate_dense_decode(const MlaDecodeArgs& a, const Context& ctx) {
   core::Checker c(kFn);
   const int num_threads = core::checked_num_threads(c, ctx);
-  // q fixes batch, q_len, num_heads_q and the dtype.
+  // q fixes the device, batch, q_len, num_heads_q and the dtype.
+  c.use_device_of(a.q, "q");
   c.present(a.q, "q");
   c.rank(a.q, "q", 4);
   c.dtype(a.q, "q", {DType::bf16, DType::fp16});
@@ -96,11 +99,12 @@ DenseDecodeParams validate_dense_decode(const MlaDecodeArgs& a, const Context& c
   const float scale_log2 = core::checked_scale_log2(
       c, a.softmax_scale.value_or(1.0f / std::sqrt(static_cast<float>(kDqk))), "softmax_scale");
 
-  // Lengths, and every block-table entry that will be read.
+  // Lengths, and every block-table entry that will be read (on the host only: on the GPU the
+  // kernel clamps lengths to the table's row and masks block ids outside the cache).
   const auto* seqlens = a.cache_seqlens.ptr<const int32_t>();
   const auto* table = a.block_table.ptr<const int32_t>();
   const int64_t bt_stride = a.block_table.stride(0);
-  for (int64_t i = 0; i < b; ++i) {
+  for (int64_t i = 0; i < (c.on_cuda() ? 0 : b); ++i) {
     const int64_t len = seqlens[i];
     if (len < 0 || len > max_blocks * page) {
       c.fail(ErrorKind::value, "cache_seqlens",
@@ -166,7 +170,9 @@ DenseDecodeParams validate_dense_decode(const MlaDecodeArgs& a, const Context& c
 DenseDecodeParams prepare_dense_decode(const MlaDecodeArgs& args, const Context& ctx,
                                        ResolvedSchedule& sched) {
   core::DenseDecodeParams p = validate_dense_decode(args, ctx);
-  core::resolve_schedule(core::Checker(kFn), args.tile_scheduler_metadata, args.num_splits,
+  core::Checker c(kFn);
+  c.use_device_of(args.q, "q");
+  core::resolve_schedule(c, args.tile_scheduler_metadata, args.num_splits,
                          std::span<const int32_t>(p.cache_seqlens, p.batch), p.num_threads,
                          "cache_seqlens", sched);
   p.sched = sched.records;
@@ -175,10 +181,35 @@ DenseDecodeParams prepare_dense_decode(const MlaDecodeArgs& args, const Context&
   return p;
 }
 
+// A dense call on the GPU: validation without reading device values, the schedule (given, or
+// from the device scheduler) and accumulators on ctx's stream, then the CUDA kernel (`run`).
+void dense_decode_cuda(const MlaDecodeArgs& args, const Context& ctx, bool run) {
+  core::DenseDecodeParams p = validate_dense_decode(args, ctx);
+  const CudaBackend& backend = *cuda_backend();  // validation found one
+  Checker c(kFn);
+  c.use_device_of(args.q, "q");
+  if (p.kv_fp8_v32) {  // TODO(issue 8): FP8 V32 dequantised in the CUDA kernel's tile loader
+    c.fail(ErrorKind::unsupported, "k_cache",
+           "a bf16/fp16 cache on the GPU (the CUDA dense decode kernel does not read FP8 V32 "
+           "yet; the CPU backend does)",
+           "an FP8 V32 cache");
+  }
+  DeviceSchedule sched;
+  resolve_device_schedule(c, backend, args.tile_scheduler_metadata, args.num_splits,
+                          {.cache_seqlens = p.cache_seqlens},
+                          {.batch = p.batch, .q_len = p.q_len, .num_heads_q = p.num_heads_q,
+                           .num_heads_kv = p.num_heads_kv, .d_v = p.d_v},
+                          ctx.cuda_stream, run, sched);
+  if (!run) return;
+  attach_device_schedule(sched, p);
+  backend.dense_decode(p, ctx.cuda_stream);
+}
+
 }  // namespace core
 
 void flash_mla_with_kvcache(const MlaDecodeArgs& args, const Context& ctx) {
   if (args.indices.defined()) return core::sparse_decode_call(args, ctx, /*run=*/true);
+  if (args.q.device == Device::cuda) return core::dense_decode_cuda(args, ctx, /*run=*/true);
   core::ResolvedSchedule sched;
   core::DenseDecodeParams p = core::prepare_dense_decode(args, ctx, sched);
   core::attach_accumulators(sched, p);
@@ -190,6 +221,8 @@ std::optional<std::string> flash_mla_with_kvcache_can_run(const MlaDecodeArgs& a
   try {
     if (args.indices.defined()) {
       core::sparse_decode_call(args, ctx, /*run=*/false);
+    } else if (args.q.device == Device::cuda) {
+      core::dense_decode_cuda(args, ctx, /*run=*/false);
     } else {
       core::ResolvedSchedule sched;
       core::prepare_dense_decode(args, ctx, sched);

@@ -1,16 +1,28 @@
-// get_mla_metadata and mla_num_sm_parts: argument checks around the scheduler of core/scheduler.
+// get_mla_metadata and mla_num_sm_parts: argument checks around the scheduler of core/scheduler,
+// or for CUDA tensors the CUDA backend's scheduler kernel.
 #include <algorithm>
 #include <cstdint>
 #include <span>
 #include <vector>
 
 #include "core/check.h"
+#include "core/cuda_backend.h"
 #include "core/scheduler.h"
 #include "flashmla/flashmla.h"
 
 namespace flashmla {
+namespace {
 
-int mla_num_sm_parts(const MlaDecodeShape& shape, const Context& ctx) {
+void check_outputs(const core::Checker& c, const MlaMetadataArgs& args, int64_t batch) {
+  c.tensor(args.tile_scheduler_metadata, "tile_scheduler_metadata", {DType::int32},
+           {args.num_sm_parts, core::kSchedRecordInts}, true);
+  c.contiguous(args.tile_scheduler_metadata, "tile_scheduler_metadata");
+  c.tensor(args.num_splits, "num_splits", {DType::int32}, {batch + 1}, true);
+}
+
+}  // namespace
+
+int mla_num_sm_parts(const MlaDecodeShape& shape, const Context& ctx, Device device) {
   core::Checker c("mla_num_sm_parts");
   auto positive = [&](int64_t v, const char* arg) {
     if (v < 1) c.fail(ErrorKind::value, arg, ">= 1", std::to_string(v));
@@ -24,11 +36,17 @@ int mla_num_sm_parts(const MlaDecodeShape& shape, const Context& ctx) {
            "a divisor of num_heads_q = " + std::to_string(shape.num_heads_q),
            std::to_string(shape.num_heads_kv));
   }
-  return core::checked_num_threads(c, ctx);  // <= kMaxThreads < kMaxSmParts
+  const int threads = core::checked_num_threads(c, ctx);  // <= kMaxThreads < kMaxSmParts
+  if (device == Device::cpu) return threads;
+  const core::CudaBackend& cuda = core::required_cuda_backend(c, "device");
+  return core::cuda_num_sm_parts(cuda.sm_count(ctx.cuda_stream), shape.q_len, shape.num_heads_q,
+                                 shape.num_heads_kv);
 }
 
-void get_mla_metadata(const MlaMetadataArgs& args) {
+void get_mla_metadata(const MlaMetadataArgs& args, const Context& ctx) {
   core::Checker c("get_mla_metadata");
+  const core::CudaBackend* cuda =
+      c.use_device_of(args.tile_scheduler_metadata, "tile_scheduler_metadata");
   if (args.num_sm_parts < 1 || args.num_sm_parts > kMaxSmParts) {
     c.fail(ErrorKind::value, "num_sm_parts", "a value in [1, " + std::to_string(kMaxSmParts) + "]",
            std::to_string(args.num_sm_parts));
@@ -58,6 +76,14 @@ void get_mla_metadata(const MlaMetadataArgs& args) {
     const int32_t* len = core::checked_lengths(c, args.topk_length, "topk_length", batch, args.topk);
     const int32_t* extra_len = core::checked_lengths(c, args.extra_topk_length, "extra_topk_length",
                                                      batch, args.extra_topk);
+    if (cuda != nullptr) {
+      check_outputs(c, args, batch);
+      return cuda->get_mla_metadata_sparse(
+          batch, args.topk, len, args.extra_topk, extra_len, kSchedulerBlockSize,
+          kSchedulerFixedOverhead, args.num_sm_parts,
+          args.tile_scheduler_metadata.ptr<core::SchedRecord>(), args.num_splits.ptr<int32_t>(),
+          ctx.cuda_stream);
+    }
     n_tok = core::sparse_token_counts(batch, args.topk, len, args.extra_topk, extra_len);
   } else {
     if (args.topk < 0) c.fail(ErrorKind::value, "topk", ">= 0 (0 = dense)", std::to_string(args.topk));
@@ -68,6 +94,13 @@ void get_mla_metadata(const MlaMetadataArgs& args) {
     const int64_t batch = args.cache_seqlens.size(0);
     if (batch < 1) c.fail(ErrorKind::value, "cache_seqlens", "at least one request", "shape (0,)");
     const auto* seqlens = args.cache_seqlens.ptr<const int32_t>();
+    if (cuda != nullptr) {  // lengths on the device: not read here
+      check_outputs(c, args, batch);
+      return cuda->get_mla_metadata(seqlens, batch, kSchedulerBlockSize, kSchedulerFixedOverhead,
+                                    args.num_sm_parts,
+                                    args.tile_scheduler_metadata.ptr<core::SchedRecord>(),
+                                    args.num_splits.ptr<int32_t>(), ctx.cuda_stream);
+    }
     for (int64_t i = 0; i < batch; ++i) {
       if (seqlens[i] < 0) {
         c.fail(ErrorKind::value, "cache_seqlens", "non-negative lengths",
@@ -76,11 +109,7 @@ void get_mla_metadata(const MlaMetadataArgs& args) {
     }
     n_tok.assign(seqlens, seqlens + batch);
   }
-  const int64_t batch = static_cast<int64_t>(n_tok.size());
-  c.tensor(args.tile_scheduler_metadata, "tile_scheduler_metadata", {DType::int32},
-           {args.num_sm_parts, core::kSchedRecordInts}, true);
-  c.contiguous(args.tile_scheduler_metadata, "tile_scheduler_metadata");
-  c.tensor(args.num_splits, "num_splits", {DType::int32}, {batch + 1}, true);
+  check_outputs(c, args, static_cast<int64_t>(n_tok.size()));
   core::schedule_split_kv(n_tok, kSchedulerBlockSize, kSchedulerFixedOverhead, args.num_sm_parts,
                           args.tile_scheduler_metadata.ptr<core::SchedRecord>(),
                           args.num_splits.ptr<int32_t>());

@@ -6,10 +6,7 @@
 
 namespace flashmla::core {
 
-void resolve_schedule(const Checker& c, const TensorView& meta, const TensorView& splits,
-                      std::span<const int32_t> n_tok, int num_threads, const char* what,
-                      ResolvedSchedule& out) {
-  const int64_t batch = static_cast<int64_t>(n_tok.size());
+bool given_schedule(const Checker& c, const TensorView& meta, const TensorView& splits) {
   const bool has_meta = meta.defined(), has_splits = splits.defined();
   if (has_meta != has_splits) {
     c.fail(ErrorKind::value, has_meta ? "num_splits" : "tile_scheduler_metadata",
@@ -17,16 +14,11 @@ void resolve_schedule(const Checker& c, const TensorView& meta, const TensorView
                std::string(has_meta ? "tile_scheduler_metadata" : "num_splits"),
            "null");
   }
-  if (!has_meta) {
-    out.own_records.resize(num_threads);
-    out.own_splits.resize(batch + 1);
-    schedule_split_kv(n_tok, kSchedulerBlockSize, kSchedulerFixedOverhead, num_threads,
-                      out.own_records.data(), out.own_splits.data());
-    out.records = out.own_records.data();
-    out.num_parts = num_threads;
-    out.num_splits = out.own_splits.data();
-    return;
-  }
+  return has_meta;
+}
+
+void check_schedule_layout(const Checker& c, const TensorView& meta, const TensorView& splits,
+                           int64_t batch) {
   c.present(meta, "tile_scheduler_metadata");
   c.dtype(meta, "tile_scheduler_metadata", {DType::int32});
   c.rank(meta, "tile_scheduler_metadata", 2);
@@ -38,6 +30,23 @@ void resolve_schedule(const Checker& c, const TensorView& meta, const TensorView
   c.shape(meta, "tile_scheduler_metadata", {meta.size(0), kSchedRecordInts});
   c.contiguous(meta, "tile_scheduler_metadata");
   c.tensor(splits, "num_splits", {DType::int32}, {batch + 1}, true);
+}
+
+void resolve_schedule(const Checker& c, const TensorView& meta, const TensorView& splits,
+                      std::span<const int32_t> n_tok, int num_threads, const char* what,
+                      ResolvedSchedule& out) {
+  const int64_t batch = static_cast<int64_t>(n_tok.size());
+  if (!given_schedule(c, meta, splits)) {
+    out.own_records.resize(num_threads);
+    out.own_splits.resize(batch + 1);
+    schedule_split_kv(n_tok, kSchedulerBlockSize, kSchedulerFixedOverhead, num_threads,
+                      out.own_records.data(), out.own_splits.data());
+    out.records = out.own_records.data();
+    out.num_parts = num_threads;
+    out.num_splits = out.own_splits.data();
+    return;
+  }
+  check_schedule_layout(c, meta, splits, batch);
   std::span<const SchedRecord> records(meta.ptr<const SchedRecord>(), meta.size(0));
   std::span<const int32_t> given_splits(splits.ptr<const int32_t>(), batch + 1);
   if (std::string why = schedule_mismatch(n_tok, kSchedulerBlockSize, kSchedulerFixedOverhead,

@@ -20,6 +20,15 @@ struct ResolvedSchedule {
   std::vector<float> lse_accum, o_accum;  // split accumulators, empty when nothing is split
 };
 
+// Whether the caller gave a schedule: tile_scheduler_metadata and num_splits both, or neither
+// (an Error otherwise).
+bool given_schedule(const Checker& c, const TensorView& meta, const TensorView& splits);
+
+// The layout of a given schedule: meta (num_sm_parts in [1, kMaxSmParts], 8) int32 contiguous,
+// splits (batch + 1,) int32 contiguous.
+void check_schedule_layout(const Checker& c, const TensorView& meta, const TensorView& splits,
+                           int64_t batch);
+
 // n_tok: the scheduler's token count per request (§5.3 step 1). `what` names the inputs the
 // schedule must match in error messages ("cache_seqlens", "topk_length and topk").
 void resolve_schedule(const Checker& c, const TensorView& meta, const TensorView& splits,

@@ -1,8 +1,10 @@
-// flash_mla_with_kvcache in sparse mode (indices given): arguments -> validated params -> kernel.
+// flash_mla_with_kvcache in sparse mode (indices given): arguments -> validated params -> the CPU
+// kernel, or for CUDA tensors the CUDA backend's.
 #include <cmath>
 #include <string>
 
 #include "core/check.h"
+#include "core/device_schedule.h"
 #include "core/schedule_arg.h"
 #include "core/sparse_decode_call.h"
 #include "core/sparse_decode_params.h"
@@ -62,10 +64,11 @@ SparseKvPool check_pool(const Checker& c, const TensorView& cache, const char* c
   c.last_dim_contiguous(indices, indices_arg);
   const int32_t* len = checked_lengths(c, lengths, lengths_arg, b, topk);
 
-  // Every in-length entry is -1 or a slot inside the cache (never an out-of-bounds read).
+  // Every in-length entry is -1 or a slot inside the cache (never an out-of-bounds read). On
+  // the GPU the kernel masks a slot outside the cache like -1 instead.
   const int64_t slots = num_blocks * page;
   const auto* idx = indices.ptr<const int32_t>();
-  for (int64_t i = 0; i < b; ++i) {
+  for (int64_t i = 0; i < (c.on_cuda() ? 0 : b); ++i) {
     const int64_t cols = len ? len[i] : topk;
     for (int64_t s = 0; s < s_q; ++s) {
       const int32_t* row = idx + i * indices.stride(0) + s * indices.stride(1);
@@ -101,6 +104,7 @@ void prepare_sparse_decode(const MlaDecodeArgs& a, const Context& ctx, bool allo
                            PreparedSparseDecode& out) {
   Checker c(kFn);
   const int num_threads = checked_num_threads(c, ctx);
+  c.use_device_of(a.q, "q");
   c.present(a.q, "q");
   c.rank(a.q, "q", 4);
   c.dtype(a.q, "q", {DType::bf16});
@@ -163,6 +167,7 @@ void prepare_sparse_decode(const MlaDecodeArgs& a, const Context& ctx, bool allo
   p.lse_stride[0] = a.lse.stride(0), p.lse_stride[1] = a.lse.stride(1);
   p.lse_stride[2] = a.lse.stride(2);
 
+  if (c.on_cuda()) return;  // the schedule is the device's (sparse_decode_cuda)
   const std::vector<int32_t> n_tok =
       sparse_token_counts(b, p.main.topk, p.main.topk_length, has_extra ? p.extra.topk : 0,
                           has_extra ? p.extra.topk_length : nullptr);
@@ -176,7 +181,35 @@ void prepare_sparse_decode(const MlaDecodeArgs& a, const Context& ctx, bool allo
   attach_accumulators(sched, p);
 }
 
+namespace {
+
+// A sparse call on the GPU: the schedule (given, or from the device scheduler) and accumulators
+// on ctx's stream, then the CUDA kernel (`run`).
+void sparse_decode_cuda(const MlaDecodeArgs& a, const Context& ctx, bool run) {
+  PreparedSparseDecode prep;
+  prepare_sparse_decode(a, ctx, false, prep);  // validation; no host schedule on the GPU
+  SparseDecodeParams& p = prep.params;
+  const CudaBackend& backend = *cuda_backend();  // validation found one
+  Checker c(kFn);
+  c.use_device_of(a.q, "q");
+  const bool has_extra = a.extra_k_cache.defined();
+  DeviceSchedule sched;
+  resolve_device_schedule(c, backend, a.tile_scheduler_metadata, a.num_splits,
+                          {.topk = p.main.topk, .topk_length = p.main.topk_length,
+                           .extra_topk = has_extra ? p.extra.topk : 0,
+                           .extra_topk_length = has_extra ? p.extra.topk_length : nullptr},
+                          {.batch = p.batch, .q_len = p.q_len, .num_heads_q = p.num_heads_q,
+                           .num_heads_kv = 1, .d_v = p.d_v},
+                          ctx.cuda_stream, run, sched);
+  if (!run) return;
+  attach_device_schedule(sched, p);
+  backend.sparse_decode(p, ctx.cuda_stream);
+}
+
+}  // namespace
+
 void sparse_decode_call(const MlaDecodeArgs& a, const Context& ctx, bool run) {
+  if (a.q.device == Device::cuda) return sparse_decode_cuda(a, ctx, run);
   PreparedSparseDecode prep;
   prepare_sparse_decode(a, ctx, run, prep);
   if (run) cpu::decode::run_sparse_decode(prep.params);

@@ -18,7 +18,8 @@ struct PreparedSparseDecode {
 // Validates `args` (throws flashmla::Error as flash_mla_with_kvcache does) and resolves the
 // schedule. With `allocate`, also allocates the accumulators and fills params' schedule fields
 // (sched, num_parts, num_splits, lse_accum, o_accum); without it those stay unset. `out` must
-// not be moved or copied afterwards (params point into it).
+// not be moved or copied afterwards (params point into it). For CUDA tensors only the
+// validation is done (values on the device are not read; there is no host schedule).
 void prepare_sparse_decode(const MlaDecodeArgs& args, const Context& ctx, bool allocate,
                            PreparedSparseDecode& out);
 

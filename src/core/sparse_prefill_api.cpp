@@ -1,8 +1,10 @@
-// flash_mla_sparse_fwd: arguments -> validated params -> CPU kernel.
+// flash_mla_sparse_fwd: arguments -> validated params -> CPU kernel, or for CUDA tensors the CUDA
+// backend's.
 #include <cmath>
 #include <string>
 
 #include "core/check.h"
+#include "core/cuda_backend.h"
 #include "core/sparse_prefill_params.h"
 #include "core/sparse_prefill_prepare.h"
 #include "cpu/prefill/sparse_prefill.h"
@@ -15,6 +17,7 @@ core::SparsePrefillParams core::prepare_sparse_prefill(const SparsePrefillArgs& 
   core::Checker c("flash_mla_sparse_fwd");
   const int num_threads = core::checked_num_threads(c, ctx);
 
+  c.use_device_of(a.q, "q");
   c.present(a.q, "q");
   c.rank(a.q, "q", 3);
   c.dtype(a.q, "q", {DType::bf16});
@@ -47,7 +50,7 @@ core::SparsePrefillParams core::prepare_sparse_prefill(const SparsePrefillArgs& 
   if (a.topk_length.defined()) {
     c.tensor(a.topk_length, "topk_length", {DType::int32}, {s_q}, true);
     const auto* len = a.topk_length.ptr<const int32_t>();
-    for (int64_t s = 0; s < s_q; ++s) {
+    for (int64_t s = 0; s < (c.on_cuda() ? 0 : s_q); ++s) {  // the GPU kernel clamps instead
       if (len[s] < 0 || len[s] > topk) {
         c.fail(ErrorKind::value, "topk_length", "values in [0, " + std::to_string(topk) + "]",
                "topk_length[" + std::to_string(s) + "] = " + std::to_string(len[s]));
@@ -84,7 +87,9 @@ core::SparsePrefillParams core::prepare_sparse_prefill(const SparsePrefillArgs& 
 }
 
 void flash_mla_sparse_fwd(const SparsePrefillArgs& a, const Context& ctx) {
-  cpu::prefill::run_sparse_prefill(core::prepare_sparse_prefill(a, ctx));
+  const core::SparsePrefillParams p = core::prepare_sparse_prefill(a, ctx);
+  if (a.q.device == Device::cuda) return core::cuda_backend()->sparse_prefill(p, ctx.cuda_stream);
+  cpu::prefill::run_sparse_prefill(p);
 }
 
 }  // namespace flashmla

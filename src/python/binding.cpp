@@ -10,6 +10,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -111,9 +112,15 @@ void bind_views(nb::module_& m) {
       });
   m.def("view", &view, nb::arg("array"), nb::arg("dtype") = nb::none(),
         "A TensorView onto `array` (no copy); `dtype` reinterprets same-size elements.");
+  nb::enum_<Device>(m, "Device").value("cpu", Device::cpu).value("cuda", Device::cuda);
   nb::class_<Context>(m, "Context")
       .def(nb::init<>())
-      .def_rw("num_threads", &Context::num_threads);
+      .def_rw("num_threads", &Context::num_threads)
+      .def_prop_rw(  // a cudaStream_t as an integer (torch.cuda.Stream.cuda_stream); 0 = default
+          "cuda_stream",
+          [](const Context& c) { return reinterpret_cast<uintptr_t>(c.cuda_stream); },
+          [](Context& c, uintptr_t s) { c.cuda_stream = reinterpret_cast<void*>(s); });
+  m.def("has_cuda_backend", &has_cuda_backend);
   m.def("resolved_num_threads", &resolved_num_threads, nb::arg("ctx") = Context{});
   m.def("cpu_microkernel_name", &cpu_microkernel_name);
 }
@@ -125,7 +132,8 @@ void bind_decode(nb::module_& m) {
       .def_rw("q_len", &MlaDecodeShape::q_len)
       .def_rw("num_heads_q", &MlaDecodeShape::num_heads_q)
       .def_rw("num_heads_kv", &MlaDecodeShape::num_heads_kv);
-  m.def("mla_num_sm_parts", &mla_num_sm_parts, nb::arg("shape"), nb::arg("ctx") = Context{});
+  m.def("mla_num_sm_parts", &mla_num_sm_parts, nb::arg("shape"), nb::arg("ctx") = Context{},
+        nb::arg("device") = Device::cpu);
 
   nb::class_<MlaMetadataArgs>(m, "MlaMetadataArgs")
       .def(nb::init<>())
@@ -138,7 +146,8 @@ void bind_decode(nb::module_& m) {
       .def_rw("num_sm_parts", &MlaMetadataArgs::num_sm_parts)
       .def_rw("tile_scheduler_metadata", &MlaMetadataArgs::tile_scheduler_metadata)
       .def_rw("num_splits", &MlaMetadataArgs::num_splits);
-  m.def("get_mla_metadata", &get_mla_metadata, nb::arg("args"), NoGil());
+  m.def("get_mla_metadata", &get_mla_metadata, nb::arg("args"), nb::arg("ctx") = Context{},
+        NoGil());
 
   nb::class_<MlaDecodeArgs>(m, "MlaDecodeArgs")
       .def(nb::init<>())

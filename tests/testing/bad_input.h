@@ -150,6 +150,13 @@ inline Expected type(std::string arg) { return {std::move(arg), ErrorKind::type}
 inline Expected unsupported(std::string arg) { return {std::move(arg), ErrorKind::unsupported}; }
 inline const Expected kAccept{};
 
+// The call's leading argument (whose device the call runs on) as a CUDA tensor among CPU ones:
+// unsupported without a CUDA backend; with one, the device mismatch of `next`, the first
+// argument checked after it.
+inline Expected cuda_lead(std::string lead, std::string next) {
+  return has_cuda_backend() ? value(std::move(next)) : unsupported(std::move(lead));
+}
+
 // Runs `call`; checks that it throws the expected flashmla::Error. Returns its message.
 inline std::optional<std::string> expect_error(const std::function<void()>& call,
                                         const std::string& function, const Expected& want) {

@@ -1,0 +1,83 @@
+// The backend table (core::CudaBackend) over this build's kernels. Under nvcc: the current
+// device's multiprocessor count and cudaMallocAsync / cudaFreeAsync on the call's stream. In the
+// CPU harness: host memory (the harness's "device" memory is the host's) and a fixed SM count.
+#include "cuda/backend.h"
+
+#include <cstdlib>
+
+#include "cuda/common/portable.h"
+#include "cuda/decode/combine.h"
+#include "cuda/decode/dense_decode.h"
+#include "cuda/decode/scheduler.h"
+#include "cuda/decode/sparse_decode.h"
+#include "cuda/prefill/sparse_prefill.h"
+#include "flashmla/error.h"
+
+FMLA_CUDA_NS_BEGIN
+
+namespace {
+
+#if defined(__CUDACC__)
+constexpr const char* kName = "nvcc";
+
+void check(cudaError_t status, const char* step) {
+  if (status != cudaSuccess) {
+    throw Error(ErrorKind::unsupported, "flashmla CUDA backend", step, "a successful CUDA call",
+                cudaGetErrorString(status));
+  }
+}
+
+int sm_count(void*) {
+  int device = 0, count = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
+        "cudaDeviceGetAttribute(MultiProcessorCount)");
+  return count;
+}
+
+void* allocate(size_t bytes, void* stream) {
+  void* p = nullptr;
+  check(cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)), "cudaMallocAsync");
+  return p;
+}
+
+void release(void* p, void* stream) {
+  (void)cudaFreeAsync(p, static_cast<cudaStream_t>(stream));  // never throws: a destructor's
+}
+#else
+constexpr const char* kName = "harness";
+constexpr int kHarnessSmCount = 8;  // a small GPU: several parts, so requests split
+
+int sm_count(void*) { return kHarnessSmCount; }
+
+void* allocate(size_t bytes, void*) {
+  void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);  // cudaMalloc's alignment
+  if (p == nullptr) {
+    throw Error(ErrorKind::unsupported, "flashmla CUDA backend", "allocate",
+                "host memory for the harness's device buffers", "an allocation failure");
+  }
+  return p;
+}
+
+void release(void* p, void*) { std::free(p); }
+#endif
+
+}  // namespace
+
+const core::CudaBackend& backend() {
+  static const core::CudaBackend table{
+      .name = kName,
+      .sm_count = sm_count,
+      .allocate = allocate,
+      .release = release,
+      .get_mla_metadata = run_get_mla_metadata,
+      .get_mla_metadata_sparse = run_get_mla_metadata_sparse,
+      .dense_decode = run_dense_decode,
+      .sparse_decode = run_sparse_decode,
+      .sparse_prefill = run_sparse_prefill,
+      .combine = run_combine,
+  };
+  return table;
+}
+
+FMLA_CUDA_NS_END
