@@ -172,6 +172,15 @@ int cuda_parts(int64_t batch, int64_t q_len, int64_t h_q, int64_t h_kv) {
                           kCtx, Device::cuda);
 }
 
+// flash_mla_with_kvcache on args' memory as CUDA tensors, recording from a clean slate; can_run
+// first, which must accept the call without reaching the backend.
+void decode_on_device(const MlaDecodeArgs& args) {
+  g_rec = {};
+  EXPECT_EQ(flash_mla_with_kvcache_can_run(dev(args), kCtx), std::nullopt);
+  EXPECT_TRUE(g_rec.calls.empty()) << "can_run reached the backend";
+  flash_mla_with_kvcache(dev(args), kCtx);
+}
+
 // Each splits a request over the harness's 8 parts, so the combine step runs too.
 const testing::DenseDecodeCase kDenseCases[] = {
     {.batch = 3, .q_len = 1, .kv_len = 300, .num_heads_q = 16, .num_heads_kv = 1,
@@ -185,16 +194,12 @@ const testing::DenseDecodeCase kDenseCases[] = {
 TEST_F(CudaApi, DenseDecodeSchedulesOnTheDevice) {
   for (const auto& c : kDenseCases) {
     SCOPED_TRACE(c.name());
-    g_rec = {};
     testing::DenseDecodeData d = testing::make_dense_decode_data(c);
     EXPECT_TRUE(splits_a_request(
         d.seqlens, cuda_parts(c.batch, c.q_len, c.num_heads_q, c.num_heads_kv)))
         << "the case no longer tests the combine step";
-    g_rec = {};
     const MlaDecodeArgs args = d.args();
-    EXPECT_EQ(flash_mla_with_kvcache_can_run(dev(args), kCtx), std::nullopt);
-    EXPECT_TRUE(g_rec.calls.empty()) << "can_run reached the backend";
-    flash_mla_with_kvcache(dev(args), kCtx);
+    decode_on_device(args);
     EXPECT_EQ(calls("get_mla_metadata"), 1);
     EXPECT_EQ(calls("dense_decode"), 1);
     EXPECT_EQ(calls("allocate"), 4);  // records, num_splits, lse_accum, o_accum
@@ -258,11 +263,8 @@ TEST_F(CudaApi, SparseDecodeSchedulesOnTheDevice) {
                                   c.extra ? c.extra_topk : 0, lengths(d.extra_topk_length)),
         cuda_parts(c.batch, c.q_len, c.num_heads_q, 1)))
         << "the case no longer tests the combine step";
-    g_rec = {};
     const MlaDecodeArgs args = d.args();
-    EXPECT_EQ(flash_mla_with_kvcache_can_run(dev(args), kCtx), std::nullopt);
-    EXPECT_TRUE(g_rec.calls.empty()) << "can_run reached the backend";
-    flash_mla_with_kvcache(dev(args), kCtx);
+    decode_on_device(args);
     EXPECT_EQ(calls("get_mla_metadata_sparse"), 1);
     EXPECT_EQ(calls("sparse_decode"), 1);
     for (const auto& r : testing::compare_sparse_decode_with_reference(args)) {
