@@ -36,6 +36,12 @@ struct CudaBackend {
                                   int block_size, int fixed_overhead, int num_parts,
                                   SchedRecord* records, int32_t* num_splits, void* stream);
   void (*dense_decode)(const DenseDecodeParams& p, void* stream);
+  // The index lists that run a dense call over an FP8 V32 cache on the sparse kernel
+  // (cuda/decode/dense_token_slots.h).
+  void (*dense_token_slots)(const int32_t* block_table, int64_t block_table_stride,
+                            int64_t max_blocks_per_seq, const int32_t* cache_seqlens,
+                            int64_t page_block_size, int64_t num_blocks, int64_t batch,
+                            int64_t q_len, bool causal, int32_t* indices, void* stream);
   void (*sparse_decode)(const SparseDecodeParams& p, void* stream);
   void (*sparse_prefill)(const SparsePrefillParams& p, void* stream);
   void (*combine)(const CombineParams& p, void* stream);

@@ -11,6 +11,7 @@
 #include "core/device_schedule.h"
 #include "core/schedule_arg.h"
 #include "core/scheduler.h"
+#include "core/sparse_decode_params.h"
 #include "core/sparse_decode_call.h"
 #include "cpu/decode/dense_decode.h"
 #include "flashmla/flashmla.h"
@@ -181,6 +182,46 @@ DenseDecodeParams prepare_dense_decode(const MlaDecodeArgs& args, const Context&
   return p;
 }
 
+// A dense call over an FP8 V32 cache on the GPU (h_kv = 1, bf16 q): the sparse decode kernel,
+// which gathers and dequantises V32 tokens, over index lists holding the slots of every visible
+// token (all of the request's, or up to the causal bound), with the request's length as its
+// topk_length. The dense schedule fits it as it is: sparse token counts would be the same lengths
+// with an empty request counted as one token, which occupies the same single block.
+void dense_decode_fp8_cuda(const CudaBackend& backend, const DenseDecodeParams& p, void* stream) {
+  const int64_t topk = p.max_blocks_per_seq * p.page_block_size;
+  DeviceBuffer indices;
+  indices.allocate(backend, sizeof(int32_t) * p.batch * p.q_len * topk, stream);
+  backend.dense_token_slots(p.block_table, p.block_table_stride, p.max_blocks_per_seq,
+                            p.cache_seqlens, p.page_block_size, p.num_blocks, p.batch, p.q_len,
+                            p.causal, indices.as<int32_t>(), stream);
+  SparseDecodeParams sp{
+      .batch = p.batch, .q_len = p.q_len, .num_heads_q = p.num_heads_q, .d_qk = p.d_qk,
+      .d_v = p.d_v, .scale_log2 = p.scale_log2, .q = static_cast<const uint16_t*>(p.q),
+      .q_stride = {p.q_stride[0], p.q_stride[1], p.q_stride[2]},
+      .main = {.kind = KvCacheKind::fp8_v32,
+               .data = static_cast<const uint8_t*>(p.k_cache),
+               .block_stride_bytes = p.k_stride[0],  // uint8 / fp8 elements are bytes
+               .token_stride_bytes = p.k_stride[1],
+               .page_block_size = p.page_block_size,
+               .num_tokens = p.num_blocks * p.page_block_size,
+               .indices = indices.as<const int32_t>(),
+               .indices_stride = {p.q_len * topk, topk},
+               .topk = topk,
+               .topk_length = p.cache_seqlens},
+      .out = static_cast<uint16_t*>(p.out),
+      .out_stride = {p.out_stride[0], p.out_stride[1], p.out_stride[2]},
+      .lse = p.lse,
+      .lse_stride = {p.lse_stride[0], p.lse_stride[1], p.lse_stride[2]},
+  };
+  sp.sched = p.sched;
+  sp.num_parts = p.num_parts;
+  sp.num_splits = p.num_splits;
+  sp.lse_accum = p.lse_accum;  // (slots, q_len, h_q[, 512]): the layout of both kernels
+  sp.o_accum = p.o_accum;
+  sp.num_accum_slots = p.num_accum_slots;
+  backend.sparse_decode(sp, stream);
+}
+
 // A dense call on the GPU: validation without reading device values, the schedule (given, or
 // from the device scheduler) and accumulators on ctx's stream, then the CUDA kernel (`run`).
 void dense_decode_cuda(const MlaDecodeArgs& args, const Context& ctx, bool run) {
@@ -188,12 +229,6 @@ void dense_decode_cuda(const MlaDecodeArgs& args, const Context& ctx, bool run) 
   const CudaBackend& backend = *cuda_backend();  // validation found one
   Checker c(kFn);
   c.use_device_of(args.q, "q");
-  if (p.kv_fp8_v32) {  // TODO(issue 8): FP8 V32 dequantised in the CUDA kernel's tile loader
-    c.fail(ErrorKind::unsupported, "k_cache",
-           "a bf16/fp16 cache on the GPU (the CUDA dense decode kernel does not read FP8 V32 "
-           "yet; the CPU backend does)",
-           "an FP8 V32 cache");
-  }
   DeviceSchedule sched;
   resolve_device_schedule(c, backend, args.tile_scheduler_metadata, args.num_splits,
                           {.cache_seqlens = p.cache_seqlens},
@@ -202,6 +237,7 @@ void dense_decode_cuda(const MlaDecodeArgs& args, const Context& ctx, bool run) 
                           ctx.cuda_stream, run, sched);
   if (!run) return;
   attach_device_schedule(sched, p);
+  if (p.kv_fp8_v32) return dense_decode_fp8_cuda(backend, p, ctx.cuda_stream);
   backend.dense_decode(p, ctx.cuda_stream);
 }
 

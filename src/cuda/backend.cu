@@ -8,6 +8,7 @@
 #include "cuda/common/portable.h"
 #include "cuda/decode/combine.h"
 #include "cuda/decode/dense_decode.h"
+#include "cuda/decode/dense_token_slots.h"
 #include "cuda/decode/scheduler.h"
 #include "cuda/decode/sparse_decode.h"
 #include "cuda/prefill/sparse_prefill.h"
@@ -73,6 +74,7 @@ const core::CudaBackend& backend() {
       .get_mla_metadata = run_get_mla_metadata,
       .get_mla_metadata_sparse = run_get_mla_metadata_sparse,
       .dense_decode = run_dense_decode,
+      .dense_token_slots = run_dense_token_slots,
       .sparse_decode = run_sparse_decode,
       .sparse_prefill = run_sparse_prefill,
       .combine = run_combine,

@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <limits>
+#include <tuple>
 #include <map>
 #include <string>
 #include <vector>
@@ -16,10 +18,12 @@
 #include "core/scheduler.h"
 #include "cuda/backend.h"
 #include "flashmla/flashmla.h"
+#include "flashmla/kv_format.h"
 #include "ref/ref.h"
 #include "testing/combine_case.h"
 #include "testing/compare.h"
 #include "testing/decode_case.h"
+#include "testing/expect_rows.h"
 #include "testing/host_tensor.h"
 #include "testing/prefill_case.h"
 #include "testing/sparse_decode_case.h"
@@ -73,6 +77,13 @@ const core::CudaBackend kRecording{
     .dense_decode = [](const core::DenseDecodeParams& p, void* s) {
       seen("dense_decode", s);
       harness().dense_decode(p, s);
+    },
+    .dense_token_slots = [](const int32_t* table, int64_t table_stride, int64_t max_blocks,
+                            const int32_t* lens, int64_t page, int64_t num_blocks, int64_t b,
+                            int64_t s_q, bool causal, int32_t* indices, void* s) {
+      seen("dense_token_slots", s);
+      harness().dense_token_slots(table, table_stride, max_blocks, lens, page, num_blocks, b,
+                                  s_q, causal, indices, s);
     },
     .sparse_decode = [](const core::SparseDecodeParams& p, void* s) {
       seen("sparse_decode", s);
@@ -244,6 +255,86 @@ TEST_F(CudaApi, DenseDecodeWithDeviceMetadata) {
   expect_dense_matches_reference(c, args);
 }
 
+// Dense decode over an FP8 V32 cache (beyond FlashMLA), which the GPU runs on the sparse kernel
+// over index lists of every visible token: the cache of a generated case (NaN in every unused
+// slot) quantised with padding between blocks, against the reference reading the same bytes;
+// zero-length requests, causal q_len > 1 with odd pages; the schedule from the device scheduler
+// and then given (dense get_mla_metadata on the device), which the sparse kernel must take as
+// it is.
+TEST_F(CudaApi, DenseDecodeOverFp8V32Cache) {
+  uint64_t seed = 30;
+  for (auto [hq, sq, page, causal] : std::vector<std::tuple<int64_t, int64_t, int64_t, bool>>{
+           {16, 1, 64, false}, {8, 4, 7, true}, {32, 2, 16, true}}) {
+    const testing::DenseDecodeCase c{.batch = 3, .q_len = sq, .kv_len = 600, .num_heads_q = hq,
+                                     .num_heads_kv = 1, .page_block_size = page,
+                                     .varlen = true, .causal = causal,
+                                     .zero_lengths = seed % 2 == 1, .seed = seed};
+    ++seed;
+    SCOPED_TRACE(c.name());
+    testing::DenseDecodeData d = testing::make_dense_decode_data(c);
+    const int64_t nb = d.k_cache.size(0), block_bytes = (page + 1) * 656;
+    std::vector<uint8_t> bytes(nb * block_bytes, 0xff);
+    const TensorView fp8 = TensorView::strided(bytes.data(), DType::uint8, {nb, page, 1, 656},
+                                               {block_bytes, 656, 656, 1});
+    quantize_kv_cache({.format = KvFormat::v32, .k = d.k_cache.view(), .cache = fp8});
+    MlaDecodeArgs args = d.args();
+    args.k_cache = fp8;
+    const int parts = cuda_parts(c.batch, c.q_len, c.num_heads_q, 1);
+    EXPECT_TRUE(splits_a_request(d.seqlens, parts)) << "the case no longer tests the combine";
+
+    decode_on_device(args);
+    EXPECT_EQ(calls("dense_token_slots"), 1);
+    EXPECT_EQ(calls("sparse_decode"), 1);
+    EXPECT_EQ(calls("dense_decode"), 0);
+    expect_dense_matches_reference(c, args);
+
+    std::vector<int32_t> meta(parts * 8), splits(c.batch + 1);
+    args.tile_scheduler_metadata = TensorView::contiguous(meta.data(), DType::int32, {parts, 8});
+    args.num_splits = TensorView::contiguous(splits.data(), DType::int32, {c.batch + 1});
+    get_mla_metadata({.cache_seqlens = dev(args.cache_seqlens), .num_sm_parts = parts,
+                      .tile_scheduler_metadata = dev(args.tile_scheduler_metadata),
+                      .num_splits = dev(args.num_splits)},
+                     kCtx);
+    d.out.fill(std::numeric_limits<float>::quiet_NaN());
+    d.lse.fill(std::numeric_limits<float>::quiet_NaN());
+    decode_on_device(args);
+    EXPECT_EQ(calls("get_mla_metadata"), 0);
+    expect_dense_matches_reference(c, args);
+  }
+}
+
+// The FP8 path's index lists come from device values the host never reads: a length far past
+// the block table row (request 0), block ids outside the cache (request 1) and a negative
+// length (request 2) stay inside the tensors, and request 3 still matches the reference.
+TEST_F(CudaApi, DenseDecodeOverFp8V32CacheWithCorruptDeviceValues) {
+  const testing::DenseDecodeCase c{.batch = 4, .q_len = 2, .kv_len = 200, .num_heads_q = 16,
+                                   .num_heads_kv = 1, .page_block_size = 16, .causal = true,
+                                   .seed = 44};
+  testing::DenseDecodeData d = testing::make_dense_decode_data(c);
+  const int64_t nb = d.k_cache.size(0);
+  std::vector<uint8_t> bytes(nb * 16 * 656);
+  const TensorView fp8 = TensorView::contiguous(bytes.data(), DType::uint8, {nb, 16, 1, 656});
+  quantize_kv_cache({.format = KvFormat::v32, .k = d.k_cache.view(), .cache = fp8});
+  MlaDecodeArgs args = d.args();
+  args.k_cache = fp8;
+  HostTensor ref_out = HostTensor::empty(DType::bf16, {c.batch, c.q_len, c.num_heads_q, 512});
+  HostTensor ref_lse = HostTensor::empty(DType::fp32, {c.batch, c.num_heads_q, c.q_len});
+  MlaDecodeArgs ref_args = args;
+  ref_args.out = ref_out.view();
+  ref_args.lse = ref_lse.view();
+  ref::dense_decode(ref_args);
+
+  d.cache_seqlens.i32({0}) = INT32_MAX;
+  const int32_t bad_ids[] = {1 << 30, -7, INT32_MIN, INT32_MAX};
+  for (int64_t j = 0; j < d.block_table.view().shape[1]; ++j) {
+    d.block_table.i32({1, j}) = bad_ids[j % 4];
+  }
+  d.cache_seqlens.i32({2}) = -5;
+  flash_mla_with_kvcache(dev(args), kCtx);
+  EXPECT_EQ(calls("dense_token_slots"), 1);
+  testing::expect_rows_match(args.out, ref_out.view(), args.lse, ref_lse.view(), 3);
+}
+
 TEST_F(CudaApi, SparseDecodeSchedulesOnTheDevice) {
   const testing::SparseDecodeCase cases[] = {
       {.batch = 3, .q_len = 1, .num_heads_q = 16, .d_qk = 576, .kv_len = 600, .topk = 512,
@@ -328,7 +419,7 @@ TEST_F(CudaApi, Combine) {
   for (const auto& r : testing::compare_combine_with_reference(d)) EXPECT_TRUE(r.ok) << r.message;
 }
 
-// Every tensor on the call's device; CPU-only operations and the CUDA kernels' gaps say so.
+// Every tensor on the call's device; CPU-only operations say so.
 TEST_F(CudaApi, DeviceErrors) {
   const testing::DenseDecodeCase& c = kDenseCases[0];
   testing::DenseDecodeData d = testing::make_dense_decode_data(c);
@@ -350,14 +441,6 @@ TEST_F(CudaApi, DeviceErrors) {
   mixed_cpu.lse = dev(mixed_cpu.lse);  // a CUDA output for a CPU call
   expect_error([&] { flash_mla_with_kvcache(mixed_cpu, kCtx); }, "lse", ErrorKind::value,
                "a CPU tensor, on the device of 'q'");
-
-  // FP8 V32 cache in dense mode: the CPU backend reads it, the CUDA kernel does not yet.
-  HostTensor fp8 = HostTensor::empty(DType::uint8, {d.k_cache.size(0), d.k_cache.size(1), 1, 656});
-  MlaDecodeArgs v32 = dev(d.args());
-  v32.k_cache = dev(fp8.view());
-  expect_error([&] { flash_mla_with_kvcache(v32, kCtx); }, "k_cache", ErrorKind::unsupported,
-               "FP8 V32");
-  EXPECT_NE(flash_mla_with_kvcache_can_run(v32, kCtx), std::nullopt);
 
   // The MHA prefill has no CUDA kernel.
   HostTensor q = HostTensor::empty(DType::bf16, {4, 2, 64});

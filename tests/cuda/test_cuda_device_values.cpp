@@ -28,6 +28,7 @@
 #include "testing/combine_case.h"
 #include "testing/compare.h"
 #include "testing/decode_case.h"
+#include "testing/expect_rows.h"
 #include "testing/prefill_case.h"
 #include "testing/sparse_decode_case.h"
 
@@ -36,24 +37,7 @@ namespace {
 
 using testing::HostTensor;
 
-// The view without its first `n` rows (dim 0).
-TensorView rows_from(TensorView v, int64_t n) {
-  const int64_t bytes = n * v.strides[0] * static_cast<int64_t>(dtype_size(v.dtype));
-  v.data = static_cast<char*>(v.data) + bytes;
-  v.shape[0] -= n;
-  return v;
-}
-
-// Every element of out / lse from row `first` on matches the reference.
-void expect_rows_match(const TensorView& out, const TensorView& ref_out, const TensorView& lse,
-                       const TensorView& ref_lse, int64_t first) {
-  const auto o = testing::check_is_allclose("out", rows_from(out, first), rows_from(ref_out, first),
-                                            1e-3, 2.01 / 128, 5e-6);
-  EXPECT_TRUE(o.ok) << o.message;
-  const auto l = testing::check_is_allclose("lse", rows_from(lse, first), rows_from(ref_lse, first),
-                                            1e-6, 8.01 / 65536);
-  EXPECT_TRUE(l.ok) << l.message;
-}
+using testing::expect_rows_match;
 
 // An explicit dense schedule of `parts` parts (so requests are split and combined).
 struct DenseSchedule {
