@@ -9,7 +9,8 @@ FMLA_CUDA_NS_BEGIN
 // Same contract as cpu::decode::run_dense_decode (p.num_threads is ignored): runs every part of
 // the schedule, then combines split requests. Every pointer of p is a device pointer; `stream`
 // is a cudaStream_t (null = default stream). Asynchronous on the GPU, synchronous in the
-// harness. Throws flashmla::Error (unsupported) for an FP8 V32 cache (p.kv_fp8_v32), which this
+// harness. Throws flashmla::Error (unsupported) for an FP8 V32 cache (p.kv_fp8_v32; the API runs
+// those on the sparse kernel, see cuda/decode/dense_token_slots.h), which this
 // kernel does not read yet.
 void run_dense_decode(const core::DenseDecodeParams& p, void* stream);
 
