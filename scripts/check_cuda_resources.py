@@ -16,7 +16,10 @@ and architecture: registers, stack frame, spill stores / loads, static shared me
     227 KiB on sm_90/100/103); dynamic shared memory is checked by the kernels' own constants,
   - --max-stack is given and a stack frame exceeds it,
   - a file has kernels but no report for one of the architectures the build compiles for,
-  - there is no report at all.
+  - there is no report at all,
+  - ptxas reports that it serialised wgmma instructions or injected warpgroup fences (its C75xx
+    "Potential Performance Loss" / "warpgroup.arrive is injected" notes): the kernel compiles
+    and runs, but its wgmma no longer overlap.
 Exit 2 on a usage error.
 """
 from __future__ import annotations
@@ -52,6 +55,25 @@ RE_STACK = re.compile(
 RE_USED = re.compile(r"^ptxas info\s*:\s*Used (\d+) registers(.*)$")
 RE_SMEM = re.compile(r"(\d+) bytes smem")
 RE_SOURCE = re.compile(r"^# source: (.*)$")
+RE_WGMMA_NOTE = re.compile(r"\((C75\d\d)\)(.*(?:wgmma|warpgroup|GMMA).*)$")
+RE_NOTE_FUNC = re.compile(r"function '([^']+)'")
+
+
+def wgmma_notes(text: str, file: str = "") -> list[str]:
+    """ptxas's notes that a function's wgmma were serialised or needed injected fences, one
+    line each naming the function and the file."""
+    notes = []
+    for line in text.splitlines():
+        m = RE_WGMMA_NOTE.search(line)
+        if not m:
+            continue
+        f = RE_NOTE_FUNC.search(line)
+        who = "?"
+        if f:
+            demangle_all([f.group(1)])
+            who = short_name(f.group(1))
+        notes.append(f"{who} ({file}): ptxas {m.group(1)}:{m.group(2).rstrip()}")
+    return notes
 
 
 @dataclasses.dataclass
@@ -226,11 +248,13 @@ def print_table(funcs: list[Func], out=None) -> None:
             print("  ".join("-" * w for w in widths), file=out)
 
 
-def load_reports(paths: list[str]) -> tuple[list[Func], list[str], list[str]]:
-    """(functions, expected architectures, notes) from a build directory or log files."""
+def load_reports(paths: list[str]) -> tuple[list[Func], list[str], list[str], list[str]]:
+    """(functions, expected architectures, notes, wgmma problems) from a build directory or
+    log files."""
     funcs: list[Func] = []
     expected: list[str] = []
     notes: list[str] = []
+    wgmma: list[str] = []
     logs: list[tuple[str, str]] = []  # (path, display name)
     for p in paths:
         if os.path.isdir(p):
@@ -257,7 +281,8 @@ def load_reports(paths: list[str]) -> tuple[list[Func], list[str], list[str]]:
             notes.append(f"skipped {display}: its source {m.group(1)} no longer exists")
             continue
         funcs += parse_log(text, display)
-    return funcs, list(dict.fromkeys(expected)), notes
+        wgmma += wgmma_notes(text, display)
+    return funcs, list(dict.fromkeys(expected)), notes, wgmma
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: <build>/ptxas/architectures.txt)")
     args = ap.parse_args(argv)
     try:
-        funcs, expected, notes = load_reports(args.paths)
+        funcs, expected, notes, wgmma = load_reports(args.paths)
     except OSError as e:
         print(f"check_cuda_resources: {e}", file=sys.stderr)
         return 2
@@ -284,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     demangle_all([f.name for f in funcs])
     print_table(funcs)
-    problems = check(funcs, expected, args.max_stack)
+    problems = check(funcs, expected, args.max_stack) + wgmma
     kernels = {f.name for f in funcs if f.entry}
     archs = sorted({f.arch for f in funcs}, key=arch_sort_key)
     if problems:
@@ -292,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"check_cuda_resources: FAIL: {p}", file=sys.stderr)
         return 1
     print(f"check_cuda_resources: ok: {len(kernels)} kernels x {len(archs)} architectures "
-          f"({', '.join(archs)}): no spills, static shared memory within each limit")
+          f"({', '.join(archs)}): no spills, static shared memory within each limit, "
+          "no serialised wgmma")
     return 0
 
 

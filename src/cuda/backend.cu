@@ -4,6 +4,7 @@
 #include "cuda/backend.h"
 
 #include <cstdlib>
+#include <string_view>
 
 #include "cuda/common/portable.h"
 #include "cuda/decode/combine.h"
@@ -45,6 +46,26 @@ void* allocate(size_t bytes, void* stream) {
 void release(void* p, void* stream) {
   (void)cudaFreeAsync(p, static_cast<cudaStream_t>(stream));  // never throws: a destructor's
 }
+
+// The SM90 (wgmma) kernels: on compute capability 9.0 (sm_90a code runs there only) when this
+// build has sm_90a code (FLASHMLA_CUDA_SM90A, cmake/cuda.cmake) and FLASHMLA_CUDA_PORTABLE is
+// not set to something other than 0 (which keeps every GPU on the portable SM80 kernels).
+bool hopper_kernels() {
+#if defined(FLASHMLA_CUDA_SM90A)
+  if (const char* v = std::getenv("FLASHMLA_CUDA_PORTABLE"); v && *v && std::string_view(v) != "0") {
+    return false;
+  }
+  int device = 0, major = 0, minor = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+        "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+        "cudaDeviceGetAttribute(ComputeCapabilityMinor)");
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
 #else
 constexpr const char* kName = "harness";
 constexpr int kHarnessSmCount = 8;  // a small GPU: several parts, so requests split
@@ -61,7 +82,15 @@ void* allocate(size_t bytes, void*) {
 }
 
 void release(void* p, void*) { std::free(p); }
+
+// The harness's table runs the portable kernels; tests run the SM90 ones directly.
+bool hopper_kernels() { return false; }
 #endif
+
+void sparse_prefill(const core::SparsePrefillParams& p, void* stream) {
+  run_sparse_prefill(p, stream,
+                     hopper_kernels() ? SparsePrefillKernel::sm90 : SparsePrefillKernel::sm80);
+}
 
 }  // namespace
 
@@ -76,7 +105,7 @@ const core::CudaBackend& backend() {
       .dense_decode = run_dense_decode,
       .dense_token_slots = run_dense_token_slots,
       .sparse_decode = run_sparse_decode,
-      .sparse_prefill = run_sparse_prefill,
+      .sparse_prefill = sparse_prefill,
       .combine = run_combine,
   };
   return table;

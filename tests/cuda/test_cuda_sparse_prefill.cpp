@@ -1,14 +1,16 @@
-// The CUDA sparse prefill (src/cuda/prefill/sparse_prefill*.cu) run by the CPU harness on the
-// params the library builds (core::prepare_sparse_prefill), against the double-precision
+// The CUDA sparse prefill kernels (src/cuda/prefill/sparse_prefill*.cu: the SM80 mma.sync one
+// and the SM90 wgmma one, each on every case) run by the CPU harness on the params the library
+// builds (core::prepare_sparse_prefill), against the double-precision
 // reference with FlashMLA's tolerances, as tests/test_sparse_prefill.cpp checks the CPU kernel:
-// both d_qk, topk below / at / above the 32-column tile and its multiples, topk > s_kv (tiles
-// with no valid column), head counts below / at / above the 16-head group, lengths (some 0),
+// both d_qk, topk below / at / above the 32- and 64-column tiles and their multiples, topk > s_kv
+// (tiles with no valid column), head counts below / at / above the 16- and 64-head groups, lengths (some 0),
 // sink with +-inf entries, all-invalid rows, duplicated indices, non-contiguous inputs and
 // strides that are not multiples of 16 bytes (the element-wise copy path). NaN fills every kv
 // row that no valid in-length index references.
 #include <gtest/gtest.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/sparse_prefill_prepare.h"
@@ -24,13 +26,17 @@ namespace {
 using testing::HostTensor;
 using testing::SparsePrefillCase;
 using testing::SparsePrefillData;
+using cuda::SparsePrefillKernel;
+
+const char* kernel_name(SparsePrefillKernel k) {
+  return k == SparsePrefillKernel::sm90 ? "sm90" : "sm80";
+}
 
 // Runs the CUDA kernel on the library's params for `args` and the reference on the same data;
 // compares out, max_logits and lse as the CPU test does.
-void check_args(const SparsePrefillArgs& args, const HostTensor& out, const HostTensor& max_logits,
-                const HostTensor& lse) {
-  cuda::run_sparse_prefill(core::prepare_sparse_prefill(args, Context{.num_threads = 1}),
-                           nullptr);
+void check_args(const SparsePrefillArgs& args, const HostTensor& out, SparsePrefillKernel kernel) {
+  cuda::run_sparse_prefill(core::prepare_sparse_prefill(args, Context{.num_threads = 1}), nullptr,
+                           kernel);
 
   EXPECT_TRUE(testing::bad_input::all_finite(out)) << "out has inf / NaN";
   for (const auto& r : testing::compare_sparse_prefill_with_reference(args)) {
@@ -38,27 +44,31 @@ void check_args(const SparsePrefillArgs& args, const HostTensor& out, const Host
   }
 }
 
-void check_against_reference(const SparsePrefillCase& cs, float sm_scale) {
+void check_against_reference(const SparsePrefillCase& cs, float sm_scale,
+                             SparsePrefillKernel kernel) {
   SparsePrefillData data = testing::make_sparse_prefill_data(cs);
   data.sm_scale = sm_scale;
-  check_args(data.args(), data.out, data.max_logits, data.lse);
+  check_args(data.args(), data.out, kernel);
 }
 
-class CudaSparsePrefill : public ::testing::TestWithParam<SparsePrefillCase> {};
+using KernelCase = std::tuple<SparsePrefillCase, SparsePrefillKernel>;
+class CudaSparsePrefill : public ::testing::TestWithParam<KernelCase> {};
 
 TEST_P(CudaSparsePrefill, MatchesReference) {
-  check_against_reference(GetParam(), testing::kSparseSmScale);
+  const auto& [cs, kernel] = GetParam();
+  check_against_reference(cs, testing::kSparseSmScale, kernel);
 }
 
 // FlashMLA's data give logits within a few tenths of each other, so the softmax weights are
 // nearly uniform and errors in the running max or in its exchange between warps hardly show.
 // With a 40x larger scale the weights span many orders of magnitude (lse and max_logits ~ 10).
 TEST_P(CudaSparsePrefill, MatchesReferenceWithSharpSoftmax) {
-  check_against_reference(GetParam(), 20.0f);
+  const auto& [cs, kernel] = GetParam();
+  check_against_reference(cs, 20.0f, kernel);
 }
 
-std::string case_name(const ::testing::TestParamInfo<SparsePrefillCase>& info) {
-  return info.param.name();
+std::string case_name(const ::testing::TestParamInfo<KernelCase>& info) {
+  return std::get<0>(info.param).name() + "_" + kernel_name(std::get<1>(info.param));
 }
 
 std::vector<SparsePrefillCase> cases() {
@@ -90,6 +100,12 @@ std::vector<SparsePrefillCase> cases() {
                .sink = true, .topk_length = true, .non_contiguous = true, .seed = n++});
   v.push_back({.q_len = 2, .kv_len = 200, .num_heads_q = 20, .d_qk = 576, .topk = 65,
                .topk_length = true, .seed = n++});
+  // Around the SM90 kernel's 64-column tile and 64-head group: 63 and 129 columns, 65 and 100
+  // heads (a second, partial group).
+  v.push_back({.q_len = 2, .kv_len = 300, .num_heads_q = 65, .d_qk = 576, .topk = 63,
+               .sink = true, .topk_length = true, .seed = n++});
+  v.push_back({.q_len = 1, .kv_len = 400, .num_heads_q = 100, .d_qk = 512, .topk = 129,
+               .all_invalid_rows = true, .non_contiguous = true, .seed = n++});
   // FlashMLA's irregular (s_kv, topk) pairs with its head counts 64 and 128.
   v.push_back({.q_len = 2, .kv_len = 592, .num_heads_q = 128, .d_qk = 576, .topk = 128,
                .sink = true, .topk_length = true, .seed = n++});
@@ -112,7 +128,11 @@ std::vector<SparsePrefillCase> cases() {
   }
   return v;
 }
-INSTANTIATE_TEST_SUITE_P(Grid, CudaSparsePrefill, ::testing::ValuesIn(cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(Grid, CudaSparsePrefill,
+                         ::testing::Combine(::testing::ValuesIn(cases()),
+                                            ::testing::Values(SparsePrefillKernel::sm80,
+                                                              SparsePrefillKernel::sm90)),
+                         case_name);
 
 // A copy of `t` (same values, NaN included) whose rows are padded by `pad` elements, so the
 // strides are not multiples of 16 bytes.
@@ -130,7 +150,9 @@ HostTensor repadded(const HostTensor& t, int64_t pad) {
 
 // q, kv and out with row strides of d + 1 / 512 + 3 elements: the element-wise copies instead
 // of cp.async and 16-byte stores.
-TEST(CudaSparsePrefillUnaligned, MatchesReference) {
+class CudaSparsePrefillKernel : public ::testing::TestWithParam<SparsePrefillKernel> {};
+
+TEST_P(CudaSparsePrefillKernel, UnalignedMatchesReference) {
   for (int64_t d : {576, 512}) {
     const SparsePrefillCase cs{.q_len = 3, .kv_len = 90, .num_heads_q = 17, .d_qk = d,
                                .topk = 40, .sink = true, .topk_length = d == 512,
@@ -143,12 +165,12 @@ TEST(CudaSparsePrefillUnaligned, MatchesReference) {
     args.q = q.view();
     args.kv = kv.view();
     args.out = out.view();
-    check_args(args, out, data.max_logits, data.lse);
+    check_args(args, out, GetParam());
   }
 }
 
 // Bitwise identical results across runs (each run draws another thread interleaving).
-TEST(CudaSparsePrefillDeterminism, BitwiseIdenticalAcrossRuns) {
+TEST_P(CudaSparsePrefillKernel, BitwiseIdenticalAcrossRuns) {
   const SparsePrefillCase cs{.q_len = 2, .kv_len = 100, .num_heads_q = 16, .d_qk = 576,
                              .topk = 70, .sink = true, .topk_length = true, .seed = 31};
   SparsePrefillData data = testing::make_sparse_prefill_data(cs);
@@ -156,7 +178,7 @@ TEST(CudaSparsePrefillDeterminism, BitwiseIdenticalAcrossRuns) {
   const HostTensor* outputs[] = {&data.out, &data.max_logits, &data.lse};
   std::vector<std::vector<std::byte>> first;
   for (int run = 0; run < 2; ++run) {
-    cuda::run_sparse_prefill(p, nullptr);
+    cuda::run_sparse_prefill(p, nullptr, GetParam());
     for (size_t i = 0; i < std::size(outputs); ++i) {
       std::vector<std::byte> bytes = testing::bad_input::bytes_of(*outputs[i]);
       if (first.size() <= i) {
@@ -167,6 +189,12 @@ TEST(CudaSparsePrefillDeterminism, BitwiseIdenticalAcrossRuns) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Kernels, CudaSparsePrefillKernel,
+                         ::testing::Values(SparsePrefillKernel::sm80, SparsePrefillKernel::sm90),
+                         [](const ::testing::TestParamInfo<SparsePrefillKernel>& info) {
+                           return std::string(kernel_name(info.param));
+                         });
 
 }  // namespace
 }  // namespace flashmla

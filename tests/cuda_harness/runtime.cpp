@@ -62,6 +62,7 @@ struct Thread {
   struct Copy { void* dst; const void* src; int cp_bytes, src_bytes; int64_t group; };
   std::vector<Copy> copies;
   int64_t next_group = 0;
+  std::unique_ptr<ThreadState> extension;  // thread_state_slot()
 #if defined(FMLA_HARNESS_ASAN)
   const void* stack_bottom = nullptr;
   size_t stack_size = 0;
@@ -177,6 +178,10 @@ size_t dynamic_smem_bytes() {
   current();
   return tl_block->smem_bytes;
 }
+
+int thread_linear() { return current().linear; }
+
+std::unique_ptr<ThreadState>& thread_state_slot() { return current().extension; }
 
 [[noreturn]] void fail(const char* what) { throw std::logic_error(what); }
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 
@@ -36,6 +37,14 @@ const dim3& grid_dim();
 // The running block's dynamic shared memory (exactly the launch's byte count, 0xFF-filled).
 void* dynamic_smem();
 size_t dynamic_smem_bytes();
+// The running thread's index in its block (x fastest).
+int thread_linear();
+// Per-thread state of an emulated instruction family that lives outside runtime.cpp (wgmma.cpp):
+// an empty slot until that family first stores its state there; destroyed with the block.
+struct ThreadState {
+  virtual ~ThreadState() = default;
+};
+std::unique_ptr<ThreadState>& thread_state_slot();
 
 // ---- barriers and collectives ----
 void sync_threads();
@@ -55,6 +64,14 @@ void ldmatrix(uint32_t* r, int num, bool trans, const void* row);
 void cp_async(void* smem_dst, const void* gmem_src, int cp_bytes, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int pending);
+// wgmma (wgmma.cpp): shared-memory addresses are offsets from the block's dynamic shared memory.
+uint32_t smem_offset(const void* p);
+void wgmma_fence();
+void wgmma_mma_async(MmaType type, float* d, int n, uint64_t desc_a, uint64_t desc_b,
+                     bool accumulate, bool trans_a, bool trans_b);
+void wgmma_commit();
+void wgmma_wait(int pending);
+void fence_proxy_async();
 
 // ---- launch ----
 struct LaunchStats {

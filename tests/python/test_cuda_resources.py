@@ -177,6 +177,21 @@ def test_main_passes_a_clean_build_and_skips_stale_logs(tmp_path, capsys):
     assert "skipped decode/gone.cu" in out and "ok: 1 kernels x 3 architectures" in out
 
 
+WGMMA_NOTE = ("ptxas info    : (C7519) warpgroup.arrive is injected in around line 120 by "
+              "compiler to allow use of registers in GMMA in function '_Z6wgmmakPf'\n")
+
+
+def test_serialised_wgmma_fails_naming_the_function(tmp_path, capsys):
+    src = tmp_path / "w.cu"
+    src.write_text("")
+    clean = block("sm_80", GOOD) + block("sm_90a", GOOD) + block("sm_120", GOOD)
+    build = make_build(tmp_path, {"decode/w.cu.log": f"# source: {src}\n" + WGMMA_NOTE + clean})
+    assert ccr.main([str(build)]) == 1
+    _, err = capsys.readouterr()
+    assert "wgmmak (decode/w.cu): ptxas C7519" in err and "warpgroup.arrive" in err
+    assert ccr.wgmma_notes(clean, "w.cu") == []
+
+
 def test_main_fails_without_reports(tmp_path, capsys):
     assert ccr.main([str(make_build(tmp_path, {}))]) == 1
     assert ccr.main([str(tmp_path / "nowhere")]) == 2

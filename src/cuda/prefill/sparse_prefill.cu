@@ -1,10 +1,11 @@
-// Sparse MLA prefill on the GPU: core::SparsePrefillParams -> the SM80+ kernel.
+// Sparse MLA prefill on the GPU: core::SparsePrefillParams -> the SM80 or the SM90 kernel.
 #include "cuda/prefill/sparse_prefill.h"
 
 #include <cstdint>
 
 #include "cuda/common/portable.h"
 #include "cuda/prefill/sparse_prefill_sm80.h"
+#include "cuda/prefill/sparse_prefill_sm90.h"
 
 FMLA_CUDA_NS_BEGIN
 
@@ -21,7 +22,8 @@ bool aligned16(const void* p, int64_t elem_bytes, const int64_t* strides, int n)
 
 }  // namespace
 
-void run_sparse_prefill(const core::SparsePrefillParams& p, void* stream) {
+void run_sparse_prefill(const core::SparsePrefillParams& p, void* stream,
+                        SparsePrefillKernel kernel) {
   SparsePrefillKernelArgs a{};
   a.q_len = p.q_len;
   a.kv_len = p.kv_len;
@@ -48,7 +50,11 @@ void run_sparse_prefill(const core::SparsePrefillParams& p, void* stream) {
   a.q_aligned = aligned16(p.q, 2, p.q_stride, 2);
   a.kv_aligned = aligned16(p.kv, 2, &p.kv_stride, 1);
   a.out_aligned = aligned16(p.out, 2, p.out_stride, 2);
-  launch_sparse_prefill_sm80(a, stream);
+  if (kernel == SparsePrefillKernel::sm90) {
+    launch_sparse_prefill_sm90(a, stream);
+  } else {
+    launch_sparse_prefill_sm80(a, stream);
+  }
 }
 
 FMLA_CUDA_NS_END

@@ -1,0 +1,202 @@
+// Emulated Hopper warpgroup MMA, written from the PTX ISA's descriptions (section "Asynchronous
+// Warpgroup Level Matrix Multiply-Accumulate"):
+//  - wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}.{bf16,f16} with A and B in shared
+//    memory, each given by a 64-bit matrix descriptor ("Matrix Descriptor Format"): bits 0-13
+//    start address >> 4, 16-29 leading dimension byte offset (LBO) >> 4, 32-45 stride dimension
+//    byte offset (SBO) >> 4, 49-51 base offset, 62-63 swizzle mode (0 none, 1 128B, 2 64B,
+//    3 32B); every other bit 0.
+//  - Shared memory layouts ("Shared Memory Matrix Layout"), for 16-bit elements: a matrix is made
+//    of core matrices of 8 rows x 16 bytes. K-major without swizzling: the 8 rows of a core
+//    matrix 16 bytes apart, the next core matrix along K at LBO, along M/N at SBO. K-major with
+//    128-byte swizzling: 8 rows of 128 bytes (64 elements of K) form a swizzle atom, the next 8
+//    rows along M/N at SBO (LBO unused). MN-major with 128-byte swizzling: 64 elements of M/N
+//    contiguous (128 bytes), 8 such rows for consecutive k, the next 64 elements of M/N at LBO,
+//    the next 8 k at SBO. 128-byte swizzling permutes the 16-byte chunks of each 128-byte row:
+//    address bits 4-6 are XORed with bits 7-9 (the row within the 1024-byte pattern).
+//    Emulated here: K-major unswizzled and 128-byte swizzled, MN-major 128-byte swizzled, with
+//    the pattern's 1024-byte alignment (base offset 0, start address in the first 128 bytes of
+//    an aligned 1024-byte block); anything else fails the launch rather than guessing.
+//  - Accumulator D of m64nN (f32): the warpgroup's warp w holds rows 16w..16w+15; register i of
+//    lane l is row 16w + l/4 + 8 ((i % 4) / 2), column 8 (i / 4) + 2 (l % 4) + i % 2.
+//  - Asynchrony: wgmma.mma_async only queues the operation; wgmma.commit_group closes a group
+//    and wgmma.wait_group N performs every group but the N newest — reading A and B from shared
+//    memory and C from the accumulator registers then, so a kernel that overwrites its operands
+//    or reads its accumulators before the wait gets a wrong answer here as it may on the GPU.
+//    An mma_async needs a wgmma.fence since the thread's last wait_group (the registers were
+//    accessed in between), and every lane of a warp must pass the same descriptors and flags.
+//  - fence.proxy.async is accepted and does nothing (the harness has one memory proxy).
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cuda_harness/runtime.h"
+
+namespace flashmla::cuda_harness {
+namespace {
+
+struct WgmmaOp {
+  MmaType type;
+  float* d;
+  int n;
+  uint64_t desc_a, desc_b;
+  bool accumulate, trans_a, trans_b;
+  int64_t group;  // -1: not committed yet
+};
+
+struct WgmmaState final : ThreadState {
+  std::vector<WgmmaOp> ops;
+  int64_t next_group = 0;
+  bool fenced = false;
+};
+
+WgmmaState& state() {
+  std::unique_ptr<ThreadState>& slot = thread_state_slot();
+  if (!slot) slot = std::make_unique<WgmmaState>();
+  return static_cast<WgmmaState&>(*slot);
+}
+
+struct Desc {
+  uint32_t start, lbo, sbo;
+  int swizzle;
+};
+
+constexpr uint64_t kReservedBits = (uint64_t{3} << 14) | (uint64_t{3} << 30) |
+                                   (((uint64_t{1} << 16) - 1) << 46);
+
+Desc decode(uint64_t v, const char* which) {
+  if (v & kReservedBits) {
+    fail((std::string("wgmma: ") + which +
+          " descriptor has reserved bits or a base offset set (emulated: base offset 0)")
+             .c_str());
+  }
+  const auto field = [&](int lo) { return static_cast<uint32_t>((v >> lo) & 0x3fffu) << 4; };
+  return {field(0), field(16), field(32), static_cast<int>(v >> 62)};
+}
+
+float to_float(uint16_t bits, MmaType type) {
+  if (type == MmaType::bf16) {
+    const uint32_t w = uint32_t{bits} << 16;
+    float f;
+    std::memcpy(&f, &w, 4);
+    return f;
+  }
+  __half_raw raw;
+  raw.x = bits;
+  return __half2float(__half(raw));
+}
+
+// Element (mn, k) of an operand (mn: row of A or column of B).
+float element(const Desc& d, bool mn_major, int mn, int k, MmaType type, const char* which) {
+  uint32_t a = 0;
+  if (d.swizzle == 0) {
+    if (mn_major) {
+      fail((std::string("wgmma: ") + which + " is MN-major without swizzling (not emulated)")
+               .c_str());
+    }
+    a = d.start + (mn / 8) * d.sbo + (k / 8) * d.lbo + (mn % 8) * 16 + (k % 8) * 2;
+  } else {
+    if (d.swizzle != 1) {
+      fail((std::string("wgmma: ") + which + " uses 64- or 32-byte swizzling (not emulated)")
+               .c_str());
+    }
+    if (d.start % 1024 >= 128) {
+      fail((std::string("wgmma: ") + which +
+            " starts past the first row of its 1024-byte swizzle pattern (needs a base offset; "
+            "not emulated)")
+               .c_str());
+    }
+    a = mn_major ? d.start + (mn / 64) * d.lbo + (k / 8) * d.sbo + (k % 8) * 128 + (mn % 64) * 2
+                 : d.start + (mn / 8) * d.sbo + (mn % 8) * 128 + k * 2;
+    a ^= ((a >> 7) & 7u) << 4;
+  }
+  if (a + 2 > dynamic_smem_bytes()) {
+    fail((std::string("wgmma: ") + which + " reads outside the block's shared memory").c_str());
+  }
+  uint16_t bits;
+  std::memcpy(&bits, static_cast<const unsigned char*>(dynamic_smem()) + a, 2);
+  return to_float(bits, type);
+}
+
+void perform(const WgmmaOp& op) {
+  const Desc a = decode(op.desc_a, "A"), b = decode(op.desc_b, "B");
+  const int linear = thread_linear(), lane = linear & 31, warp = (linear >> 5) & 3;
+  for (int i = 0; i < op.n / 2; ++i) {
+    const int row = 16 * warp + lane / 4 + 8 * ((i % 4) / 2);
+    const int col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+    // Products of 16-bit floats are exact; one rounding of the sum (as the mma.sync emulation).
+    double s = op.accumulate ? op.d[i] : 0.0;
+    for (int k = 0; k < 16; ++k) {
+      s += static_cast<double>(element(a, op.trans_a, row, k, op.type, "A")) *
+           element(b, op.trans_b, col, k, op.type, "B");
+    }
+    op.d[i] = static_cast<float>(s);
+  }
+}
+
+void warp_sync(const char* op) { warp_exchange(0xffffffffu, nullptr, 0, op); }
+
+}  // namespace
+
+uint32_t smem_offset(const void* p) {
+  const auto* base = static_cast<const unsigned char*>(dynamic_smem());
+  const auto* q = static_cast<const unsigned char*>(p);
+  if (q < base || q > base + dynamic_smem_bytes()) {
+    fail("shared-memory address of a pointer outside the block's shared memory");
+  }
+  return static_cast<uint32_t>(q - base);
+}
+
+void wgmma_fence() {
+  warp_sync("wgmma.fence");
+  state().fenced = true;
+}
+
+void wgmma_mma_async(MmaType type, float* d, int n, uint64_t desc_a, uint64_t desc_b,
+                     bool accumulate, bool trans_a, bool trans_b) {
+  const dim3& dim = block_dim();
+  if ((dim.x * dim.y * dim.z) % 128 != 0) fail("wgmma in a block that is not whole warpgroups");
+  if (n < 8 || n > 256 || n % 8 != 0) fail("wgmma: N must be a multiple of 8 in [8, 256]");
+  WgmmaState& st = state();
+  if (!st.fenced) fail("wgmma.mma_async without a wgmma.fence since the last wgmma.wait_group");
+  struct Uniform {
+    uint64_t a, b;
+    int n, flags;
+  } mine{desc_a, desc_b, n, (accumulate ? 1 : 0) | (trans_a ? 2 : 0) | (trans_b ? 4 : 0) |
+                                (type == MmaType::f16 ? 8 : 0)};
+  const unsigned char* slots = warp_exchange(0xffffffffu, &mine, sizeof mine, "wgmma.mma_async");
+  for (int l = 0; l < 32; ++l) {
+    if (std::memcmp(slots + 64 * l, &mine, sizeof mine) != 0) {
+      fail("wgmma.mma_async: the lanes of a warp pass different descriptors, shapes or flags");
+    }
+  }
+  st.ops.push_back({type, d, n, desc_a, desc_b, accumulate, trans_a, trans_b, -1});
+}
+
+void wgmma_commit() {
+  warp_sync("wgmma.commit_group");
+  WgmmaState& st = state();
+  for (auto& op : st.ops) {
+    if (op.group < 0) op.group = st.next_group;
+  }
+  ++st.next_group;
+}
+
+void wgmma_wait(int pending) {
+  warp_sync("wgmma.wait_group");
+  WgmmaState& st = state();
+  const int64_t last = st.next_group - 1 - pending;
+  std::vector<WgmmaOp> keep;
+  for (const auto& op : st.ops) {
+    if (op.group >= 0 && op.group <= last) {
+      perform(op);
+    } else {
+      keep.push_back(op);
+    }
+  }
+  st.ops = std::move(keep);
+  st.fenced = false;
+}
+
+void fence_proxy_async() {}
+
+}  // namespace flashmla::cuda_harness
