@@ -87,9 +87,16 @@ void release(void* p, void*) { std::free(p); }
 bool hopper_kernels() { return false; }
 #endif
 
+KernelGeneration generation() {
+  return hopper_kernels() ? KernelGeneration::sm90 : KernelGeneration::sm80;
+}
+
+void sparse_decode(const core::SparseDecodeParams& p, void* stream) {
+  run_sparse_decode(p, stream, generation());
+}
+
 void sparse_prefill(const core::SparsePrefillParams& p, void* stream) {
-  run_sparse_prefill(p, stream,
-                     hopper_kernels() ? SparsePrefillKernel::sm90 : SparsePrefillKernel::sm80);
+  run_sparse_prefill(p, stream, generation());
 }
 
 }  // namespace
@@ -104,7 +111,7 @@ const core::CudaBackend& backend() {
       .get_mla_metadata_sparse = run_get_mla_metadata_sparse,
       .dense_decode = run_dense_decode,
       .dense_token_slots = run_dense_token_slots,
-      .sparse_decode = run_sparse_decode,
+      .sparse_decode = sparse_decode,
       .sparse_prefill = sparse_prefill,
       .combine = run_combine,
   };

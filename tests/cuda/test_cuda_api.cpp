@@ -4,7 +4,9 @@
 // match the reference exactly as the CPU path does; the recording table around the harness one
 // checks what the host did: the device scheduler runs only when no schedule is given, can_run
 // launches and allocates nothing, every stream-ordered allocation is released on the call's
-// stream, and the call's stream reaches every entry point.
+// stream, and the call's stream reaches every entry point. The sparse decode / prefill tests (and
+// dense decode over FP8, which runs the sparse kernel) run once per kernel generation: the
+// portable one the harness table picks, and the Hopper (wgmma) one a CC 9.0 GPU gets.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -17,6 +19,9 @@
 #include "core/cuda_backend.h"
 #include "core/scheduler.h"
 #include "cuda/backend.h"
+#include "cuda/common/generation.h"
+#include "cuda/decode/sparse_decode.h"
+#include "cuda/prefill/sparse_prefill.h"
 #include "flashmla/flashmla.h"
 #include "flashmla/kv_format.h"
 #include "ref/ref.h"
@@ -41,6 +46,7 @@ struct Record {
   bool foreign_stream = false;  // some entry point got another stream than kStream
 };
 Record g_rec;
+cuda::KernelGeneration g_gen = cuda::KernelGeneration::sm80;  // of the sparse kernels
 void* const kStream = reinterpret_cast<void*>(uintptr_t{0x5157});
 
 const core::CudaBackend& harness() { return cuda::harness::backend(); }
@@ -87,11 +93,11 @@ const core::CudaBackend kRecording{
     },
     .sparse_decode = [](const core::SparseDecodeParams& p, void* s) {
       seen("sparse_decode", s);
-      harness().sparse_decode(p, s);
+      cuda::harness::run_sparse_decode(p, s, g_gen);
     },
     .sparse_prefill = [](const core::SparsePrefillParams& p, void* s) {
       seen("sparse_prefill", s);
-      harness().sparse_prefill(p, s);
+      cuda::harness::run_sparse_prefill(p, s, g_gen);
     },
     .combine = [](const core::CombineParams& p, void* s) {
       seen("combine", s);
@@ -106,6 +112,7 @@ class CudaApi : public ::testing::Test {
   void SetUp() override {
     previous_ = core::set_cuda_backend(&kRecording);
     g_rec = {};
+    g_gen = cuda::KernelGeneration::sm80;
   }
   void TearDown() override {
     core::set_cuda_backend(previous_);
@@ -117,6 +124,22 @@ class CudaApi : public ::testing::Test {
  private:
   const core::CudaBackend* previous_ = nullptr;
 };
+
+// The tests of the sparse kernels, once per generation.
+class CudaApiSparse : public CudaApi,
+                      public ::testing::WithParamInterface<cuda::KernelGeneration> {
+ protected:
+  void SetUp() override {
+    CudaApi::SetUp();
+    g_gen = GetParam();
+  }
+};
+INSTANTIATE_TEST_SUITE_P(Generations, CudaApiSparse,
+                         ::testing::Values(cuda::KernelGeneration::sm80,
+                                           cuda::KernelGeneration::sm90),
+                         [](const ::testing::TestParamInfo<cuda::KernelGeneration>& info) {
+                           return std::string(cuda::generation_name(info.param));
+                         });
 
 TensorView dev(TensorView v) {
   v.device = Device::cuda;
@@ -261,7 +284,7 @@ TEST_F(CudaApi, DenseDecodeWithDeviceMetadata) {
 // zero-length requests, causal q_len > 1 with odd pages; the schedule from the device scheduler
 // and then given (dense get_mla_metadata on the device), which the sparse kernel must take as
 // it is.
-TEST_F(CudaApi, DenseDecodeOverFp8V32Cache) {
+TEST_P(CudaApiSparse, DenseDecodeOverFp8V32Cache) {
   uint64_t seed = 30;
   for (auto [hq, sq, page, causal] : std::vector<std::tuple<int64_t, int64_t, int64_t, bool>>{
            {16, 1, 64, false}, {8, 4, 7, true}, {32, 2, 16, true}}) {
@@ -306,7 +329,7 @@ TEST_F(CudaApi, DenseDecodeOverFp8V32Cache) {
 // The FP8 path's index lists come from device values the host never reads: a length far past
 // the block table row (request 0), block ids outside the cache (request 1) and a negative
 // length (request 2) stay inside the tensors, and request 3 still matches the reference.
-TEST_F(CudaApi, DenseDecodeOverFp8V32CacheWithCorruptDeviceValues) {
+TEST_P(CudaApiSparse, DenseDecodeOverFp8V32CacheWithCorruptDeviceValues) {
   const testing::DenseDecodeCase c{.batch = 4, .q_len = 2, .kv_len = 200, .num_heads_q = 16,
                                    .num_heads_kv = 1, .page_block_size = 16, .causal = true,
                                    .seed = 44};
@@ -335,7 +358,7 @@ TEST_F(CudaApi, DenseDecodeOverFp8V32CacheWithCorruptDeviceValues) {
   testing::expect_rows_match(args.out, ref_out.view(), args.lse, ref_lse.view(), 3);
 }
 
-TEST_F(CudaApi, SparseDecodeSchedulesOnTheDevice) {
+TEST_P(CudaApiSparse, SparseDecodeSchedulesOnTheDevice) {
   const testing::SparseDecodeCase cases[] = {
       {.batch = 3, .q_len = 1, .num_heads_q = 16, .d_qk = 576, .kv_len = 600, .topk = 512,
        .page_block_size = 7, .topk_length = true, .extra = true, .extra_topk_length = true,
@@ -390,7 +413,7 @@ TEST_F(CudaApi, SparseMetadataOnTheDeviceEqualsTheHosts) {
   EXPECT_EQ(splits, cpu_splits);
 }
 
-TEST_F(CudaApi, SparsePrefill) {
+TEST_P(CudaApiSparse, SparsePrefill) {
   const testing::SparsePrefillCase cases[] = {
       {.q_len = 7, .kv_len = 300, .num_heads_q = 20, .d_qk = 576, .topk = 100, .sink = true,
        .topk_length = true, .seed = 7},

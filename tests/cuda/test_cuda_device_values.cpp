@@ -124,6 +124,10 @@ TEST(CudaDeviceValues, DenseDecodeScheduleStaysInsideTheTensors) {
   EXPECT_NO_THROW(cuda::run_dense_decode(d.p, nullptr));
 }
 
+// The sparse kernels of both generations (the portable and the Hopper one) share these guards.
+constexpr cuda::KernelGeneration kGenerations[] = {cuda::KernelGeneration::sm80,
+                                                   cuda::KernelGeneration::sm90};
+
 TEST(CudaDeviceValues, SparseDecodeLengthsAndSlotsStayInTheirRequest) {
   const testing::SparseDecodeCase cs{.batch = 4, .num_heads_q = 16, .kv_len = 200, .topk = 96,
                                      .page_block_size = 32, .topk_length = true, .seed = 43};
@@ -140,8 +144,11 @@ TEST(CudaDeviceValues, SparseDecodeLengthsAndSlotsStayInTheirRequest) {
   d.data.topk_length.i32({0}) = INT_MAX;
   const int32_t bad_slots[] = {1 << 30, INT_MAX, 1 << 20};
   for (int64_t j = 0; j < cs.topk; ++j) d.data.indices.i32({1, 0, j}) = bad_slots[j % 3];
-  cuda::run_sparse_decode(d.prep.params, nullptr);
-  expect_rows_match(d.data.out.view(), ref_out.view(), d.data.lse_view(), ref_lse.view(), 2);
+  for (auto gen : kGenerations) {
+    SCOPED_TRACE(cuda::generation_name(gen));
+    cuda::run_sparse_decode(d.prep.params, nullptr, gen);
+    expect_rows_match(d.data.out.view(), ref_out.view(), d.data.lse_view(), ref_lse.view(), 2);
+  }
 }
 
 TEST(CudaDeviceValues, SparseDecodeScheduleStaysInsideTheTensors) {
@@ -151,7 +158,10 @@ TEST(CudaDeviceValues, SparseDecodeScheduleStaysInsideTheTensors) {
   ASSERT_GT(d.prep.params.num_accum_slots, 0) << "the case no longer splits a request";
   scramble_schedule(d.schedule.meta.data(), d.prep.params.num_parts, d.schedule.splits.data(),
                     cs.batch);
-  EXPECT_NO_THROW(cuda::run_sparse_decode(d.prep.params, nullptr));
+  for (auto gen : kGenerations) {
+    EXPECT_NO_THROW(cuda::run_sparse_decode(d.prep.params, nullptr, gen))
+        << cuda::generation_name(gen);
+  }
 }
 
 TEST(CudaDeviceValues, SparsePrefillLengthsStayInTheirToken) {
@@ -171,8 +181,11 @@ TEST(CudaDeviceValues, SparsePrefillLengthsStayInTheirToken) {
 
   data.topk_length.i32({0}) = INT_MAX;  // past the index list
   data.topk_length.i32({1}) = INT_MIN;
-  cuda::run_sparse_prefill(p, nullptr);
-  expect_rows_match(data.out.view(), ref_out.view(), data.lse.view(), ref_lse.view(), 2);
+  for (auto gen : kGenerations) {
+    SCOPED_TRACE(cuda::generation_name(gen));
+    cuda::run_sparse_prefill(p, nullptr, gen);
+    expect_rows_match(data.out.view(), ref_out.view(), data.lse.view(), ref_lse.view(), 2);
+  }
 }
 
 TEST(CudaDeviceValues, CombineSplitCountsStayInsideTheAccumulators) {

@@ -1,14 +1,15 @@
-// The CUDA sparse decode (src/cuda/decode/sparse_decode*.cu) run by the CPU harness on the params
-// the library builds (core::prepare_sparse_decode), against the double-precision reference with
+// The CUDA sparse decode (src/cuda/decode/sparse_decode*.cu: the SM80 mma.sync split kernel and
+// the SM90 wgmma one, each on every case) run by the CPU harness on the params the library builds (core::prepare_sparse_decode), against the double-precision reference with
 // FlashMLA's tolerances, as tests/test_sparse_decode.cpp checks the CPU kernel: both FP8 formats
 // and the bf16 cache, topk around the 64-column block and the 32-token tile, head counts below /
-// at / above the 16-head group, lengths, extra pool, sink with +-inf entries, all-invalid and
+// at / above the 16- and 64-head groups, lengths, extra pool, sink with +-inf entries, all-invalid and
 // zero-length requests, varlen, non-contiguous inputs and schedules that split requests over
 // several parts; and the tile gather's FP8 dequantisation bit for bit against the codec.
 #include <gtest/gtest.h>
 
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/sparse_decode_prepare.h"
@@ -29,6 +30,7 @@ using testing::SparseDecodeCase;
 using testing::SparseDecodeData;
 
 using Schedule = testing::SparseDecodeSchedule;
+using cuda::KernelGeneration;
 
 struct Case {
   SparseDecodeCase c;
@@ -39,7 +41,7 @@ void PrintTo(const Case& k, std::ostream* os) { *os << k.c.name() << "_parts" <<
 
 // Runs the CUDA kernel on the library's params and the reference on the same data; compares
 // out and lse as the CPU test does, and reports whether some request was split.
-bool check_against_reference(const Case& k) {
+bool check_against_reference(const Case& k, KernelGeneration gen) {
   const SparseDecodeCase& cs = k.c;
   SparseDecodeData data = testing::make_sparse_decode_data(cs);
   MlaDecodeArgs args = data.args();
@@ -47,7 +49,7 @@ bool check_against_reference(const Case& k) {
   if (k.parts > 0) schedule.attach(data, k.parts, args);
   core::PreparedSparseDecode prep;
   core::prepare_sparse_decode(args, Context{.num_threads = 1}, /*allocate=*/true, prep);
-  cuda::run_sparse_decode(prep.params, nullptr);
+  cuda::run_sparse_decode(prep.params, nullptr, gen);
 
   EXPECT_TRUE(testing::bad_input::all_finite(data.out)) << "out has inf / NaN";
   for (const auto& r : testing::compare_sparse_decode_with_reference(args)) {
@@ -56,9 +58,11 @@ bool check_against_reference(const Case& k) {
   return prep.params.o_accum != nullptr;
 }
 
-class CudaSparseDecode : public ::testing::TestWithParam<Case> {};
+class CudaSparseDecode : public ::testing::TestWithParam<std::tuple<Case, KernelGeneration>> {};
 
-TEST_P(CudaSparseDecode, MatchesReference) { check_against_reference(GetParam()); }
+TEST_P(CudaSparseDecode, MatchesReference) {
+  check_against_reference(std::get<0>(GetParam()), std::get<1>(GetParam()));
+}
 
 std::vector<Case> cases() {
   std::vector<Case> v;
@@ -82,6 +86,11 @@ std::vector<Case> cases() {
     v.push_back({{.batch = 2, .q_len = 2, .num_heads_q = 1, .d_qk = d, .kv_len = 300,
                   .topk = 129, .page_block_size = 64, .extra = true, .extra_topk = 64,
                   .seed = n++}, 5});
+    // Above the SM90 kernel's 64-head group: two full groups, a partial second one.
+    v.push_back({{.batch = 2, .num_heads_q = 128, .d_qk = d, .kv_len = 300, .topk = 128,
+                  .page_block_size = 64, .topk_length = true, .sink = true, .seed = n++}, 3});
+    v.push_back({{.batch = 2, .num_heads_q = 100, .d_qk = d, .kv_len = 200, .topk = 70,
+                  .page_block_size = 32, .extra = true, .extra_topk = 40, .seed = n++}, 2});
     // All-invalid and zero-length requests (with and without the sink), varlen.
     v.push_back({{.batch = 3, .q_len = 2, .num_heads_q = 16, .d_qk = d, .kv_len = 150,
                   .topk = 64, .page_block_size = 61, .sink = true, .all_invalid = true,
@@ -114,17 +123,23 @@ std::vector<Case> cases() {
   return v;
 }
 
-std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  return info.param.c.name() + "_parts" + std::to_string(info.param.parts);
+std::string case_name(const ::testing::TestParamInfo<std::tuple<Case, KernelGeneration>>& info) {
+  const Case& k = std::get<0>(info.param);
+  return k.c.name() + "_parts" + std::to_string(k.parts) + "_" +
+         cuda::generation_name(std::get<1>(info.param));
 }
 
-INSTANTIATE_TEST_SUITE_P(Grid, CudaSparseDecode, ::testing::ValuesIn(cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(Grid, CudaSparseDecode,
+                         ::testing::Combine(::testing::ValuesIn(cases()),
+                                            ::testing::Values(KernelGeneration::sm80,
+                                                              KernelGeneration::sm90)),
+                         case_name);
 
 // The grid really splits requests (else the accumulator path would go untested).
 TEST(CudaSparseDecodeSchedule, GridSplitsRequests) {
   int split = 0;
   for (const Case& k : cases()) {
-    if (k.c.topk >= 320) split += check_against_reference(k) ? 1 : 0;
+    if (k.c.topk >= 320) split += check_against_reference(k, KernelGeneration::sm80) ? 1 : 0;
   }
   EXPECT_EQ(split, 6);
 }

@@ -26,15 +26,11 @@ namespace {
 using testing::HostTensor;
 using testing::SparsePrefillCase;
 using testing::SparsePrefillData;
-using cuda::SparsePrefillKernel;
-
-const char* kernel_name(SparsePrefillKernel k) {
-  return k == SparsePrefillKernel::sm90 ? "sm90" : "sm80";
-}
+using cuda::KernelGeneration;
 
 // Runs the CUDA kernel on the library's params for `args` and the reference on the same data;
 // compares out, max_logits and lse as the CPU test does.
-void check_args(const SparsePrefillArgs& args, const HostTensor& out, SparsePrefillKernel kernel) {
+void check_args(const SparsePrefillArgs& args, const HostTensor& out, KernelGeneration kernel) {
   cuda::run_sparse_prefill(core::prepare_sparse_prefill(args, Context{.num_threads = 1}), nullptr,
                            kernel);
 
@@ -45,13 +41,13 @@ void check_args(const SparsePrefillArgs& args, const HostTensor& out, SparsePref
 }
 
 void check_against_reference(const SparsePrefillCase& cs, float sm_scale,
-                             SparsePrefillKernel kernel) {
+                             KernelGeneration kernel) {
   SparsePrefillData data = testing::make_sparse_prefill_data(cs);
   data.sm_scale = sm_scale;
   check_args(data.args(), data.out, kernel);
 }
 
-using KernelCase = std::tuple<SparsePrefillCase, SparsePrefillKernel>;
+using KernelCase = std::tuple<SparsePrefillCase, KernelGeneration>;
 class CudaSparsePrefill : public ::testing::TestWithParam<KernelCase> {};
 
 TEST_P(CudaSparsePrefill, MatchesReference) {
@@ -68,7 +64,7 @@ TEST_P(CudaSparsePrefill, MatchesReferenceWithSharpSoftmax) {
 }
 
 std::string case_name(const ::testing::TestParamInfo<KernelCase>& info) {
-  return std::get<0>(info.param).name() + "_" + kernel_name(std::get<1>(info.param));
+  return std::get<0>(info.param).name() + "_" + cuda::generation_name(std::get<1>(info.param));
 }
 
 std::vector<SparsePrefillCase> cases() {
@@ -130,8 +126,8 @@ std::vector<SparsePrefillCase> cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Grid, CudaSparsePrefill,
                          ::testing::Combine(::testing::ValuesIn(cases()),
-                                            ::testing::Values(SparsePrefillKernel::sm80,
-                                                              SparsePrefillKernel::sm90)),
+                                            ::testing::Values(KernelGeneration::sm80,
+                                                              KernelGeneration::sm90)),
                          case_name);
 
 // A copy of `t` (same values, NaN included) whose rows are padded by `pad` elements, so the
@@ -150,9 +146,9 @@ HostTensor repadded(const HostTensor& t, int64_t pad) {
 
 // q, kv and out with row strides of d + 1 / 512 + 3 elements: the element-wise copies instead
 // of cp.async and 16-byte stores.
-class CudaSparsePrefillKernel : public ::testing::TestWithParam<SparsePrefillKernel> {};
+class CudaKernelGeneration : public ::testing::TestWithParam<KernelGeneration> {};
 
-TEST_P(CudaSparsePrefillKernel, UnalignedMatchesReference) {
+TEST_P(CudaKernelGeneration, UnalignedMatchesReference) {
   for (int64_t d : {576, 512}) {
     const SparsePrefillCase cs{.q_len = 3, .kv_len = 90, .num_heads_q = 17, .d_qk = d,
                                .topk = 40, .sink = true, .topk_length = d == 512,
@@ -170,7 +166,7 @@ TEST_P(CudaSparsePrefillKernel, UnalignedMatchesReference) {
 }
 
 // Bitwise identical results across runs (each run draws another thread interleaving).
-TEST_P(CudaSparsePrefillKernel, BitwiseIdenticalAcrossRuns) {
+TEST_P(CudaKernelGeneration, BitwiseIdenticalAcrossRuns) {
   const SparsePrefillCase cs{.q_len = 2, .kv_len = 100, .num_heads_q = 16, .d_qk = 576,
                              .topk = 70, .sink = true, .topk_length = true, .seed = 31};
   SparsePrefillData data = testing::make_sparse_prefill_data(cs);
@@ -190,10 +186,10 @@ TEST_P(CudaSparsePrefillKernel, BitwiseIdenticalAcrossRuns) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Kernels, CudaSparsePrefillKernel,
-                         ::testing::Values(SparsePrefillKernel::sm80, SparsePrefillKernel::sm90),
-                         [](const ::testing::TestParamInfo<SparsePrefillKernel>& info) {
-                           return std::string(kernel_name(info.param));
+INSTANTIATE_TEST_SUITE_P(Kernels, CudaKernelGeneration,
+                         ::testing::Values(KernelGeneration::sm80, KernelGeneration::sm90),
+                         [](const ::testing::TestParamInfo<KernelGeneration>& info) {
+                           return std::string(cuda::generation_name(info.param));
                          });
 
 }  // namespace

@@ -1,4 +1,4 @@
-// Sparse MLA decode on the GPU: core::SparseDecodeParams -> the SM80+ split kernel, then the
+// Sparse MLA decode on the GPU: core::SparseDecodeParams -> the SM80 or SM90 split kernel, then the
 // combine of split requests (as cpu/decode/sparse_decode.cpp).
 #include "cuda/decode/sparse_decode.h"
 
@@ -7,6 +7,7 @@
 #include "cuda/common/portable.h"
 #include "cuda/decode/combine.h"
 #include "cuda/decode/sparse_decode_sm80.h"
+#include "cuda/decode/sparse_decode_sm90.h"
 
 FMLA_CUDA_NS_BEGIN
 
@@ -45,7 +46,7 @@ int kv_kind(core::KvCacheKind kind) {
 
 }  // namespace
 
-void run_sparse_decode(const core::SparseDecodeParams& p, void* stream) {
+void run_sparse_decode(const core::SparseDecodeParams& p, void* stream, KernelGeneration gen) {
   SparseDecodeArgs a{};
   a.batch = static_cast<int>(p.batch);
   a.q_len = static_cast<int>(p.q_len);
@@ -74,7 +75,11 @@ void run_sparse_decode(const core::SparseDecodeParams& p, void* stream) {
   a.lse_accum = p.lse_accum;
   a.o_accum = p.o_accum;
   a.num_accum_slots = p.num_accum_slots;
-  launch_sparse_decode_sm80(a, stream);
+  if (gen == KernelGeneration::sm90) {
+    launch_sparse_decode_sm90(a, stream);
+  } else {
+    launch_sparse_decode_sm80(a, stream);
+  }
   combine_decode_accumulators(p.batch, p.q_len, p.num_heads_q, p.d_v, p.lse_accum, p.o_accum,
                               p.num_accum_slots, p.num_splits, p.attn_sink, DType::bf16, p.out,
                               p.out_stride, p.lse, p.lse_stride, stream);

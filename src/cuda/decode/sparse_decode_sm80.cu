@@ -12,6 +12,7 @@
 
 #include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
+#include "cuda/decode/sparse_decode_piece.cuh"
 #include "cuda/decode/sparse_decode_sm80.h"
 #include "cuda/decode/sparse_kv_tile.cuh"
 #include "flashmla/error.h"
@@ -21,7 +22,6 @@ FMLA_CUDA_NS_BEGIN
 namespace {
 
 constexpr int kThreads = 128, kWarps = 4, kHeads = 16, kDv = 512;
-constexpr int kBlock = 64;  // columns of a schedule block
 constexpr int kTile = 32;   // tokens per shared-memory tile (half a block)
 constexpr int kPad = 8;              // bf16 per row of padding: conflict-free ldmatrix
 constexpr int kLdp = kTile + kPad;   // row stride of P
@@ -34,23 +34,6 @@ __host__ __device__ constexpr int row_stride(int d_qk) { return d_qk + kPad; }
 __host__ __device__ constexpr int smem_bytes(int d_qk) {
   return (kHeads + kTile) * row_stride(d_qk) * 2 + kHeads * kLdp * 2 +
          2 * kWarps * kHeads * 4 + kTile * 4;
-}
-
-// topk_length is device data, unchecked: clamped to the index list.
-__device__ __forceinline__ int64_t pool_length(const SparseKvPoolArgs& pool, int r) {
-  if (!pool.topk_length) return pool.topk;
-  const int64_t t = pool.topk_length[r];
-  return t < 0 ? 0 : (t > pool.topk ? pool.topk : t);
-}
-
-__device__ __forceinline__ int64_t main_blocks(const SparseDecodeArgs& a, int r) {
-  const int64_t t = pool_length(a.main, r);
-  return t > 0 ? (t + kBlock - 1) / kBlock : 1;
-}
-
-__device__ __forceinline__ int64_t num_blocks(const SparseDecodeArgs& a, int r) {
-  const int64_t extra = a.has_extra ? (pool_length(a.extra, r) + kBlock - 1) / kBlock : 0;
-  return main_blocks(a, r) + extra;
 }
 
 // Q rows h0.. of (r, s) into sq (rows past num_heads_q are zeros).
@@ -81,7 +64,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
   float* s_sum = s_max + kWarps * kHeads;
   int32_t* s_slot = reinterpret_cast<int32_t*>(s_sum + kWarps * kHeads);
 
-  const int tid = static_cast<int>(threadIdx.x), warp = warp_id(), lane = lane_id();
+  const int warp = warp_id(), lane = lane_id();
   const int g = lane / 4, q4 = lane % 4;
   // blockIdx.x: (query token, head group), head groups fastest so that the CTAs reading the
   // same rows run side by side; blockIdx.y: the schedule part.
@@ -92,18 +75,10 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
   const int32_t* rec = a.sched + 8 * part;
   const int begin_req = rec[0], end_req = rec[1];
 
-  // Schedule records and num_splits are device data, unchecked: a piece is clamped to its
-  // request's blocks and a split slot to the accumulators.
   for (int r = begin_req < 0 ? 0 : begin_req; r <= end_req && r < a.batch; ++r) {
-    const bool is_begin = r == begin_req, is_end = r == end_req;
-    const int64_t n_blk = num_blocks(a, r);
-    const int64_t blk0 = is_begin ? (rec[2] < 0 ? 0 : (rec[2] > n_blk ? n_blk : rec[2])) : 0;
-    const int64_t blk1 =
-        is_end ? (rec[3] < blk0 ? blk0 : (rec[3] > n_blk ? n_blk : rec[3])) : n_blk;
-    const bool split = is_begin ? rec[5] != 0 : (is_end && rec[6] != 0);
-    const int64_t slot = int64_t{a.num_splits[r]} + (is_begin ? rec[4] : 0);
-    const bool slot_ok = slot >= 0 && slot < a.num_accum_slots;
-    const int64_t n_main = main_blocks(a, r);
+    const SparseDecodePiece piece = sparse_decode_piece(a, rec, r);
+    const bool split = piece.split, slot_ok = piece.slot_ok;
+    const int64_t slot = piece.slot;
 
     load_q(a, r, s, h0, nh, sq, ldk);
     float m[2] = {-kInf, -kInf}, l[2] = {0.0f, 0.0f};
@@ -112,21 +87,10 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
     for (auto& t : o) t[0] = t[1] = t[2] = t[3] = 0.0f;
 
     // Each 64-column schedule block is processed as two 32-token tiles.
-    for (int64_t tile = 2 * blk0; tile < 2 * blk1; ++tile) {
-      const int64_t blk = tile / 2;
-      const bool in_main = blk < n_main;
-      const SparseKvPoolArgs pool = in_main ? a.main : a.extra;
-      const int64_t b0 = (in_main ? blk : blk - n_main) * kBlock;
-      const int64_t len = pool_length(pool, r);
-      const int64_t c0 = b0 + (tile % 2) * kTile;
-      const int64_t c1 = b0 + kBlock < len ? b0 + kBlock : len;
-      const int32_t* row = pool.indices + r * pool.indices_stride0 + s * pool.indices_stride1;
+    for (int64_t tile = 2 * piece.blk0; tile < 2 * piece.blk1; ++tile) {
       __syncthreads();  // the previous tile's readers are done (and Q is stored)
-      if (tid < kTile) {
-        const int64_t col = c0 + tid;
-        const int32_t v = col < c1 ? row[col] : -1;
-        s_slot[tid] = v < 0 || v >= pool.num_tokens ? -1 : v;  // outside the cache: invalid
-      }
+      const SparseKvPoolArgs& pool =
+          sparse_block_slots(a, piece, r, s, tile / 2, (tile % 2) * kTile, kTile, s_slot);
       __syncthreads();
       if (!__any_sync(kFullMask, s_slot[lane] >= 0)) continue;  // the CPU's n == 0
       gather_kv_tile(pool, a.kv_kind, a.kv_aligned, s_slot, kTile, sk, ldk, d_qk);

@@ -62,8 +62,10 @@ __device__ __forceinline__ float ue8m0_to_float(uint32_t e) {
   return e == 0 ? __uint_as_float(0x00400000u) : __uint_as_float(e << 23);
 }
 
-// 16 e4m3 values times `scale` -> 16 bf16 values at dst (32 bytes, 16-byte aligned).
-__device__ __forceinline__ void dequant16(const Bytes16& v, float scale, uint16_t* dst) {
+// 16 e4m3 values times `scale` -> 16 bf16 values: the first 8 at lo, the next 8 at hi (16 bytes
+// each, 16-byte aligned).
+__device__ __forceinline__ void dequant16(const Bytes16& v, float scale, uint16_t* lo_dst,
+                                          uint16_t* hi_dst) {
   Bytes16 out[2];
   const auto* b = reinterpret_cast<const unsigned char*>(v.w);
 FMLA_UNROLL
@@ -74,16 +76,18 @@ FMLA_UNROLL
     const uint32_t hi = float_to_bf16_bits(x1 != x1 ? x1 : x1 * scale);
     out[i / 4].w[i % 4] = lo | (hi << 16);
   }
-  reinterpret_cast<Bytes16*>(dst)[0] = out[0];
-  reinterpret_cast<Bytes16*>(dst)[1] = out[1];
+  *reinterpret_cast<Bytes16*>(lo_dst) = out[0];
+  *reinterpret_cast<Bytes16*>(hi_dst) = out[1];
 }
 
-// Fills rows [0, tokens) of sk (row stride ldk bf16, d_qk channels) from the slots in s_slot
-// (-1: zeros). Every thread of the block takes part; the caller synchronises before and after.
-// `aligned`: the pool's data and strides are multiples of 16 bytes.
+// Fills tokens [0, tokens) of a tile from the slots in s_slot (-1: zeros); `chunk(t, c)` is where
+// channels 8c..8c+7 of token t go (16-byte aligned). Every thread of the block takes part; the
+// caller synchronises before and after. `aligned`: the pool's data and strides are multiples
+// of 16 bytes.
+template <class ChunkAt>
 __device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int kind, bool aligned,
-                                               const int32_t* s_slot, int tokens, uint16_t* sk,
-                                               int ldk, int d_qk) {
+                                               const int32_t* s_slot, int tokens, ChunkAt chunk,
+                                               int d_qk) {
   // Work items per token, 16 source bytes each: bf16 rows in chunks of 8 channels; FP8 tokens
   // in chunks of 16 quantised channels, then the 64 bf16 RoPE channels in 8 chunks.
   const int d_nope = kind == kSparseKvV32 ? 512 : 448;
@@ -93,15 +97,14 @@ __device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int
   const int step = static_cast<int>(blockDim.x);
   for (int it = static_cast<int>(threadIdx.x); it < tokens * items; it += step) {
     const int t = it / items, c = it % items;
-    uint16_t* row = sk + t * ldk;
     const int32_t v = s_slot[t];
     const bool fp8_values = kind != kSparseKvBf16 && c < fp8_chunks;
-    uint16_t* dst = fp8_values ? row + 16 * c
-                    : kind == kSparseKvBf16 ? row + 8 * c
-                                            : row + d_nope + 8 * (c - fp8_chunks);
+    // The 8-channel chunk this item writes (FP8 values: it and the next one).
+    const int c8 = fp8_values ? 2 * c : kind == kSparseKvBf16 ? c : d_nope / 8 + (c - fp8_chunks);
+    uint16_t* dst = chunk(t, c8);
     if (v < 0) {
-      reinterpret_cast<Bytes16*>(dst)[0] = zero;
-      if (fp8_values) reinterpret_cast<Bytes16*>(dst)[1] = zero;
+      *reinterpret_cast<Bytes16*>(dst) = zero;
+      if (fp8_values) *reinterpret_cast<Bytes16*>(chunk(t, c8 + 1)) = zero;
       continue;
     }
     const int64_t blk = v / pool.page_block_size, off = v % pool.page_block_size;
@@ -112,12 +115,11 @@ __device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int
     } else if (kind == kSparseKvV32) {  // 512 e4m3 | 4 fp32 scales | 64 bf16
       const uint8_t* tok = block + 656 * off;
       if (fp8_values) {
-        float scale;
         const uint8_t* sp = tok + 512 + 4 * (c / 8);
         uint32_t bits = 0;
         for (int i = 0; i < 4; ++i) bits |= static_cast<uint32_t>(sp[i]) << (8 * i);
-        scale = __uint_as_float(bits);
-        dequant16(load_bytes16(tok + 16 * c, aligned), scale, dst);
+        dequant16(load_bytes16(tok + 16 * c, aligned), __uint_as_float(bits), dst,
+                  chunk(t, c8 + 1));
       } else {
         *reinterpret_cast<Bytes16*>(dst) = load_bytes16(tok + 528 + 16 * (c - fp8_chunks), aligned);
       }
@@ -125,12 +127,21 @@ __device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int
       const uint8_t* tok = block + 576 * off;
       if (fp8_values) {
         const uint8_t* scales = block + 576 * pool.page_block_size + 8 * off;
-        dequant16(load_bytes16(tok + 16 * c, aligned), ue8m0_to_float(scales[c / 4]), dst);
+        dequant16(load_bytes16(tok + 16 * c, aligned), ue8m0_to_float(scales[c / 4]), dst,
+                  chunk(t, c8 + 1));
       } else {
         *reinterpret_cast<Bytes16*>(dst) = load_bytes16(tok + 448 + 16 * (c - fp8_chunks), aligned);
       }
     }
   }
+}
+
+// The same into row-major rows of stride ldk (bf16).
+__device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int kind, bool aligned,
+                                               const int32_t* s_slot, int tokens, uint16_t* sk,
+                                               int ldk, int d_qk) {
+  gather_kv_tile(pool, kind, aligned, s_slot, tokens,
+                 [=](int t, int c8) { return sk + t * ldk + 8 * c8; }, d_qk);
 }
 
 FMLA_CUDA_NS_END

@@ -23,7 +23,7 @@ bool aligned16(const void* p, int64_t elem_bytes, const int64_t* strides, int n)
 }  // namespace
 
 void run_sparse_prefill(const core::SparsePrefillParams& p, void* stream,
-                        SparsePrefillKernel kernel) {
+                        KernelGeneration gen) {
   SparsePrefillKernelArgs a{};
   a.q_len = p.q_len;
   a.kv_len = p.kv_len;
@@ -50,7 +50,7 @@ void run_sparse_prefill(const core::SparsePrefillParams& p, void* stream,
   a.q_aligned = aligned16(p.q, 2, p.q_stride, 2);
   a.kv_aligned = aligned16(p.kv, 2, &p.kv_stride, 1);
   a.out_aligned = aligned16(p.out, 2, p.out_stride, 2);
-  if (kernel == SparsePrefillKernel::sm90) {
+  if (gen == KernelGeneration::sm90) {
     launch_sparse_prefill_sm90(a, stream);
   } else {
     launch_sparse_prefill_sm80(a, stream);

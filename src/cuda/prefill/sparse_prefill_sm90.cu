@@ -4,13 +4,7 @@
 // (the SM80 kernel: once per 16). The token's index list is walked in tiles of 64 columns,
 // double-buffered: the rows of tile j+1 are gathered by index with cp.async (invalid or
 // past-the-length columns zero-filled, never read, masked to -inf) while tile j is computed.
-// Per tile:
-//   S = Q K^T   warpgroup g: the tile's columns 32g..32g+31, all 64 heads, all d_qk channels
-//               (m64n32k16, d_qk / 16 steps; Q and K from 128-byte-swizzled slabs);
-//   softmax     online, in log2 units; the row maxima and sums of the two halves meet in shared
-//               memory; P is rounded to bf16 into a swizzled 64 x 64 slab;
-//   O += P V    warpgroup g: channels 256g..256g+255 (m64n256k16, 4 steps; V is the first 512
-//               channels of the same K slabs, read MN-major).
+// Per tile: S = Q K^T, online softmax, O += P V as common/wgmma_attention.cuh.
 // Epilogue as the SM80 kernel and cpu/prefill/sparse_prefill.cpp: max_logits and lse in natural
 // units, out scaled by 1/l and the sink; empty rows give out 0, max_logits -inf, lse +inf.
 // Not yet: TMA (the rows are gathered by index, which Hopper's TMA cannot do per row), producer
@@ -20,6 +14,7 @@
 #include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
 #include "cuda/common/wgmma.cuh"
+#include "cuda/common/wgmma_attention.cuh"
 #include "cuda/prefill/sparse_prefill_sm90.h"
 
 FMLA_CUDA_NS_BEGIN
@@ -32,8 +27,8 @@ FMLA_CUDA_NS_BEGIN
 
 namespace {
 
-constexpr int kThreads = 256, kRows = 64, kTile = 64, kStages = 2;
-constexpr int kSlab = 64 * 128;     // bytes: 64 rows x 64 bf16, 128-byte swizzled
+using namespace wgmma_attention;
+constexpr int kStages = 2;
 
 __host__ __device__ constexpr int slabs(int d_qk) { return d_qk / 64; }
 
@@ -51,18 +46,10 @@ __host__ __device__ constexpr int smem_bytes(int d) {
 static_assert(smem_bytes(576) <= 227 * 1024, "fits the 227 KiB per block of sm_90");
 
 #if defined(FMLA_SM90_BODY)
-constexpr int kDv = 512;
-constexpr int kHalf = kTile / 2;    // columns of S per warpgroup
-constexpr int kLdo = kDv + 8;       // row stride (bf16) of the staged output
+constexpr int kLdo = kDv + 8;  // row stride (bf16) of the staged output
 constexpr float kInf = INFINITY;
 constexpr float kLn2 = 0.693147180559945309f;
 static_assert(kRows * kLdo * 2 <= kStages * slabs(512) * kSlab, "output staging fits");
-
-// Row `row`, channels 8c..8c+7 of a matrix stored as 64-channel slabs of kSlab bytes.
-__device__ __forceinline__ uint16_t* chunk_at(unsigned char* slabs_base, int row, int c) {
-  return reinterpret_cast<uint16_t*>(slabs_base + (c / 8) * kSlab +
-                                     swizzle128_offset(row, c % 8));
-}
 
 template <int kD>
 __device__ __forceinline__ void load_q(const SparsePrefillKernelArgs& a, int64_t tok,
@@ -73,7 +60,7 @@ __device__ __forceinline__ void load_q(const SparsePrefillKernelArgs& a, int64_t
     const bool valid = row < nh;
     const uint16_t* src =
         valid ? a.q + tok * a.q_stride[0] + (h0 + row) * a.q_stride[1] + 8 * c : a.q;
-    copy16(chunk_at(sq, row, c), src, valid, a.q_aligned);
+    copy16(slab_chunk(sq, row, c), src, valid, a.q_aligned);
   }
 }
 
@@ -88,11 +75,10 @@ __device__ __forceinline__ void load_tile(const SparsePrefillKernelArgs& a, cons
     const int32_t v = col < len ? idx[col] : -1;
     const bool ok = v >= 0 && v < a.kv_len;
     const uint16_t* src = ok ? a.kv + v * a.kv_stride + 8 * c : a.kv;
-    copy16(chunk_at(sk, t, c), src, ok, a.kv_aligned);
+    copy16(slab_chunk(sk, t, c), src, ok, a.kv_aligned);
     if (c == 0) valid[t] = ok ? 1 : 0;
   }
 }
-
 #endif  // FMLA_SM90_BODY
 
 }  // namespace
@@ -101,19 +87,16 @@ template <int kD>
 __global__ void __launch_bounds__(kThreads, 1)
     sparse_prefill_sm90(const SparsePrefillKernelArgs a, int64_t block0) {
 #if defined(FMLA_SM90_BODY)
-  unsigned char* raw = dynamic_smem();
-  unsigned char* smem = raw + ((1024u - smem_address(raw) % 1024u) % 1024u);
+  unsigned char* smem = aligned_smem();
   unsigned char* sq = smem;
   unsigned char* sp = smem + p_offset(kD);
   float* s_max = reinterpret_cast<float*>(smem + stats_offset(kD));  // [warpgroup][row]
   float* s_sum = s_max + 2 * kRows;
   int* s_valid = reinterpret_cast<int*>(s_sum + 2 * kRows);  // stage s at s * kTile
-  const uint32_t q_addr = smem_address(sq), p_addr = smem_address(sp);
+  const uint32_t q_addr = smem_address(sq);
 
   const int tid = static_cast<int>(threadIdx.x), lane = lane_id();
-  const int wg = tid / 128, wq = (tid / 32) % 4;  // warpgroup, warp within it
-  const int g = lane / 4, q4 = lane % 4;
-  const int rows[2] = {16 * wq + g, 16 * wq + g + 8};  // this thread's accumulator rows
+  const Place pl = place();
   const int64_t groups = (a.num_heads_q + kRows - 1) / kRows;
   const int64_t block = block0 + static_cast<int64_t>(blockIdx.x);
   const int64_t tok = block / groups, h0 = (block % groups) * kRows;
@@ -152,77 +135,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Tiles without a valid column change nothing: skipped (the same answer in every warp).
     if (!__any_sync(kFullMask, valid[lane] | valid[lane + 32])) continue;
 
-    // S = Q K^T for this warpgroup's 32 columns.
     float s[16];
+    scores<kD>(s, q_addr, kv_addr, pl);
     FMLA_UNROLL
-    for (auto& t : s) t = 0.0f;
-    wgmma_fence_operands(s);  // the zeros are written before the fence, not sunk past it
-    wgmma_fence();
-    FMLA_UNROLL
-    for (int ks = 0; ks < kD / 16; ++ks) {
-      wgmma_m64n32k16_bf16<false>(s, wgmma_desc_k_major(q_addr, kRows, 0, ks),
-                                  wgmma_desc_k_major(kv_addr, kTile, kHalf * wg, ks), ks > 0);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(s);
-
-    // Online softmax (log2 units); invalid columns are -inf, so p = 0 there. Register i holds
-    // row rows[(i % 4) / 2], column 32 wg + 8 (i / 4) + 2 q4 + i % 2.
-    float row_max[2] = {-kInf, -kInf};
-    FMLA_UNROLL
-    for (int i = 0; i < 16; ++i) {
-      const int col = kHalf * wg + 8 * (i / 4) + 2 * q4 + i % 2;
-      s[i] = valid[col] ? s[i] * a.scale_log2 : -kInf;
-      row_max[(i % 4) / 2] = fmaxf(row_max[(i % 4) / 2], s[i]);
-    }
-    FMLA_UNROLL
-    for (int h = 0; h < 2; ++h) {
-      row_max[h] = quad_max(row_max[h]);
-      if (q4 == 0) s_max[wg * kRows + rows[h]] = row_max[h];
-    }
-    __syncthreads();
-    float alpha[2], m_use[2], row_sum[2] = {0.0f, 0.0f};
-    FMLA_UNROLL
-    for (int h = 0; h < 2; ++h) {
-      const float t = fmaxf(m[h], fmaxf(s_max[rows[h]], s_max[kRows + rows[h]]));
-      m_use[h] = t == -kInf ? 0.0f : t;
-      alpha[h] = exp2f(m[h] - m_use[h]);
-      m[h] = t;
-    }
-    FMLA_UNROLL
-    for (int i = 0; i < 16; i += 2) {
-      const int h = (i % 4) / 2, col = kHalf * wg + 8 * (i / 4) + 2 * q4;
-      const float p0 = exp2f(s[i] - m_use[h]), p1 = exp2f(s[i + 1] - m_use[h]);
-      row_sum[h] += p0 + p1;
-      *reinterpret_cast<uint32_t*>(sp + swizzle128_offset(rows[h], col / 8) + (col % 8) * 2) =
-          pack_bf16x2(p0, p1);
-    }
-    FMLA_UNROLL
-    for (int h = 0; h < 2; ++h) {
-      row_sum[h] = quad_sum(row_sum[h]);
-      if (q4 == 0) s_sum[wg * kRows + rows[h]] = row_sum[h];
-    }
-    fence_proxy_async();  // P, for the wgmma below
-    __syncthreads();
-    FMLA_UNROLL
-    for (int h = 0; h < 2; ++h) {
-      l[h] = l[h] * alpha[h] + (s_sum[rows[h]] + s_sum[kRows + rows[h]]);
-    }
-    FMLA_UNROLL
-    for (int i = 0; i < 128; ++i) o[i] *= alpha[(i % 4) / 2];
-
-    // O += P V for this warpgroup's 256 channels.
-    wgmma_fence_operands(o);
-    wgmma_fence();
-    FMLA_UNROLL
-    for (int ks = 0; ks < kTile / 16; ++ks) {
-      wgmma_m64n256k16_bf16<true>(o, wgmma_desc_k_major(p_addr, kRows, 0, ks),
-                                  wgmma_desc_mn_major(kv_addr, kTile, 256 * wg, ks), true);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(o);
+    for (int i = 0; i < 16; ++i) s[i] = valid[s_column(pl, i)] ? s[i] * a.scale_log2 : -kInf;
+    softmax_pv(s, m, l, o, sp, kv_addr, s_max, s_sum, pl);
   }
   __syncthreads();  // every read of the last tile's stage is done
 
@@ -230,7 +147,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint16_t* so = reinterpret_cast<uint16_t*>(smem + kv_offset(kD, 0));
   FMLA_UNROLL
   for (int h = 0; h < 2; ++h) {
-    const int hr = rows[h];
+    const int hr = pl.rows[h];
     float factor = 0.0f, max_logit = -kInf, lse = kInf;  // empty row: out 0
     if (l[h] > 0.0f) {
       max_logit = m[h] * kLn2;
@@ -242,10 +159,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     FMLA_UNROLL
     for (int nt = 0; nt < 32; ++nt) {
-      *reinterpret_cast<uint32_t*>(so + hr * kLdo + 256 * wg + 8 * nt + 2 * q4) =
+      *reinterpret_cast<uint32_t*>(so + hr * kLdo + 256 * pl.wg + 8 * nt + 2 * pl.q4) =
           pack_bf16x2(o[4 * nt + 2 * h] * factor, o[4 * nt + 2 * h + 1] * factor);
     }
-    if (wg == 0 && q4 == 0 && hr < nh) {
+    if (pl.wg == 0 && pl.q4 == 0 && hr < nh) {
       const int64_t head = h0 + hr;
       a.max_logits[tok * a.max_logits_stride[0] + head * a.max_logits_stride[1]] = max_logit;
       a.lse[tok * a.lse_stride[0] + head * a.lse_stride[1]] = lse;

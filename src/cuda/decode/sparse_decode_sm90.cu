@@ -1,0 +1,184 @@
+// Sparse MLA decode split kernel, SM90 (Hopper: wgmma.mma_async bf16 -> fp32 from shared memory).
+// One CTA of 256 threads = two warpgroups per (schedule part, query token, group of 64 heads)
+// walks its part's (request, block) range as the SM80 kernel does (sparse_decode_piece.cuh), one
+// 64-column schedule block per tile: the slots go to shared memory, the rows are gathered and
+// dequantised (FP8 V32 / MODEL1, or copied from a bf16 pool) by all 256 threads into
+// 128-byte-swizzled slabs — once per 64 heads (the SM80 kernel: per 16) — then S = Q K^T, online
+// softmax, O += P V as common/wgmma_attention.cuh. Unsplit requests are finalised with the sink;
+// split pieces go to the accumulators for the combine.
+// Not yet: overlap of the gather with the wgmma (the dequantisation passes through registers, so
+// it needs producer warps, not cp.async), a 128-head CTA.
+#include <cmath>
+#include <string>
+
+#include "cuda/common/portable.h"
+#include "cuda/common/wgmma.cuh"
+#include "cuda/common/wgmma_attention.cuh"
+#include "cuda/decode/sparse_decode_piece.cuh"
+#include "cuda/decode/sparse_decode_sm90.h"
+#include "cuda/decode/sparse_kv_tile.cuh"
+#include "flashmla/error.h"
+
+FMLA_CUDA_NS_BEGIN
+
+// The kernel body exists for sm_90a (and in the harness); every other GPU target compiles an
+// empty kernel that is never launched (see wgmma.cuh).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
+#define FMLA_SM90_BODY 1
+#endif
+
+namespace {
+
+using namespace wgmma_attention;
+
+__host__ __device__ constexpr int slabs(int d_qk) { return d_qk / 64; }
+
+// Shared memory from a 1024-byte aligned base: Q (64 heads), the KV tile (64 tokens), P, the two
+// warpgroups' row maxima and sums, the tile's slots; plus 1 KiB to align the base.
+__host__ __device__ constexpr int p_offset(int d) { return 2 * slabs(d) * kSlab; }  // Q, KV first
+__host__ __device__ constexpr int stats_offset(int d) { return p_offset(d) + kSlab; }
+__host__ __device__ constexpr int smem_bytes(int d) {
+  return stats_offset(d) + (2 * 2 * kRows + kTile) * 4 + 1024;
+}
+static_assert(smem_bytes(576) <= 227 * 1024, "fits the 227 KiB per block of sm_90");
+
+#if defined(FMLA_SM90_BODY)
+constexpr float kInf = INFINITY;
+__device__ constexpr int kv_offset(int d) { return slabs(d) * kSlab; }
+
+// Q rows h0.. of (r, s) into the Q slabs (rows past num_heads_q are zeros).
+template <int kD>
+__device__ __forceinline__ void load_q(const SparseDecodeArgs& a, int r, int s, int h0, int nh,
+                                       unsigned char* sq) {
+  constexpr int kChunks = kD / 8;
+  for (int it = static_cast<int>(threadIdx.x); it < kRows * kChunks; it += kThreads) {
+    const int row = it / kChunks, c = it % kChunks;
+    Bytes16 v = {{0u, 0u, 0u, 0u}};
+    if (row < nh) {
+      const uint16_t* src = a.q + r * a.q_stride[0] + s * a.q_stride[1] +
+                            (h0 + row) * a.q_stride[2] + 8 * c;
+      v = load_bytes16(reinterpret_cast<const uint8_t*>(src), a.q_aligned);
+    }
+    *reinterpret_cast<Bytes16*>(slab_chunk(sq, row, c)) = v;
+  }
+}
+#endif  // FMLA_SM90_BODY
+
+}  // namespace
+
+template <int kD>
+__global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm90(const SparseDecodeArgs a) {
+#if defined(FMLA_SM90_BODY)
+  unsigned char* smem = aligned_smem();
+  unsigned char* sq = smem;
+  unsigned char* skv = smem + kv_offset(kD);
+  unsigned char* sp = smem + p_offset(kD);
+  float* s_max = reinterpret_cast<float*>(smem + stats_offset(kD));  // [warpgroup][row]
+  float* s_sum = s_max + 2 * kRows;
+  int32_t* s_slot = reinterpret_cast<int32_t*>(s_sum + 2 * kRows);
+  const uint32_t q_addr = smem_address(sq), kv_addr = smem_address(skv);
+
+  const int lane = lane_id();
+  const Place pl = place();
+  // blockIdx.x: (query token, head group), head groups fastest so that the CTAs reading the
+  // same rows run side by side; blockIdx.y: the schedule part.
+  const int groups = (a.num_heads_q + kRows - 1) / kRows;
+  const int part = static_cast<int>(blockIdx.y), s = static_cast<int>(blockIdx.x) / groups;
+  const int h0 = static_cast<int>(blockIdx.x) % groups * kRows;
+  const int nh = a.num_heads_q - h0 < kRows ? a.num_heads_q - h0 : kRows;
+  const int32_t* rec = a.sched + 8 * part;
+  const int begin_req = rec[0], end_req = rec[1];
+
+  for (int r = begin_req < 0 ? 0 : begin_req; r <= end_req && r < a.batch; ++r) {
+    const SparseDecodePiece piece = sparse_decode_piece(a, rec, r);
+    // Every read of the previous request's Q (its scores) ended at a barrier of its last tile.
+    load_q<kD>(a, r, s, h0, nh, sq);
+    float m[2] = {-kInf, -kInf}, l[2] = {0.0f, 0.0f};  // rows[0], rows[1]; m in log2 units
+    float o[128];  // O rows x channels 256 wg.., wgmma m64n256 accumulator layout
+    FMLA_UNROLL
+    for (auto& t : o) t = 0.0f;
+
+    for (int64_t blk = piece.blk0; blk < piece.blk1; ++blk) {
+      __syncthreads();  // the previous tile's readers are done
+      const SparseKvPoolArgs& pool = sparse_block_slots(a, piece, r, s, blk, 0, kTile, s_slot);
+      __syncthreads();
+      // Blocks without a valid slot change nothing (the CPU's n == 0): the same answer in
+      // every warp.
+      if (!__any_sync(kFullMask, s_slot[lane] >= 0 || s_slot[lane + 32] >= 0)) continue;
+      gather_kv_tile(
+          pool, a.kv_kind, a.kv_aligned, s_slot, kTile,
+          [=](int t, int c8) { return slab_chunk(skv, t, c8); }, kD);
+      fence_proxy_async();  // Q and the tile, for the wgmma
+      __syncthreads();
+
+      float sc[16];
+      scores<kD>(sc, q_addr, kv_addr, pl);
+      FMLA_UNROLL
+      for (int i = 0; i < 16; ++i) {
+        sc[i] = s_slot[s_column(pl, i)] >= 0 ? sc[i] * a.scale_log2 : -kInf;
+      }
+      softmax_pv(sc, m, l, o, sp, kv_addr, s_max, s_sum, pl);
+    }
+
+    // Finalise this piece: this thread's rows, channels 256 wg + 8 nt + 2 q4 + {0, 1}.
+    FMLA_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const int hr = pl.rows[h];
+      if (hr >= nh) continue;
+      const int head = h0 + hr;
+      const bool empty = !(l[h] > 0.0f);
+      if (piece.split) {  // the combine applies the sink
+        if (!piece.slot_ok) continue;
+        const int64_t arow = (piece.slot * a.q_len + s) * a.num_heads_q + head;
+        const float factor = empty ? 0.0f : 1.0f / l[h];
+        float* dst = a.o_accum + arow * kDv + 256 * pl.wg + 2 * pl.q4;
+        FMLA_UNROLL
+        for (int nt = 0; nt < 32; ++nt) {
+          dst[8 * nt] = o[4 * nt + 2 * h] * factor;
+          dst[8 * nt + 1] = o[4 * nt + 2 * h + 1] * factor;
+        }
+        if (pl.wg == 0 && pl.q4 == 0) a.lse_accum[arow] = empty ? -kInf : m[h] + log2f(l[h]);
+        continue;
+      }
+      float lse = kInf, factor = 0.0f;  // empty row: out 0, lse +inf
+      if (!empty) {
+        lse = (m[h] + log2f(l[h])) * static_cast<float>(M_LN2);
+        factor = 1.0f / l[h];
+        if (a.attn_sink) factor /= 1.0f + expf(a.attn_sink[head] - lse);
+      }
+      uint16_t* dst = a.out + r * a.out_stride[0] + s * a.out_stride[1] +
+                      head * a.out_stride[2] + 256 * pl.wg + 2 * pl.q4;
+      FMLA_UNROLL
+      for (int nt = 0; nt < 32; ++nt) {
+        dst[8 * nt] = static_cast<uint16_t>(float_to_bf16_bits(o[4 * nt + 2 * h] * factor));
+        dst[8 * nt + 1] =
+            static_cast<uint16_t>(float_to_bf16_bits(o[4 * nt + 2 * h + 1] * factor));
+      }
+      if (pl.wg == 0 && pl.q4 == 0) {
+        a.lse[r * a.lse_stride[0] + head * a.lse_stride[1] + s * a.lse_stride[2]] = lse;
+      }
+    }
+  }
+#else
+  (void)a;  // not an sm_90a target: never launched there (see wgmma.cuh)
+#endif
+}
+
+void launch_sparse_decode_sm90(const SparseDecodeArgs& a, void* stream) {
+  if (a.num_parts <= 0) return;
+  const int64_t groups = (a.num_heads_q + kRows - 1) / kRows;
+  if (a.num_parts > 65535 || int64_t{a.q_len} * groups > 0x7fffffff) {
+    throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "tile_scheduler_metadata",
+                "at most 65535 schedule parts and 2^31 - 1 (query token, 64-head group) pairs",
+                std::to_string(a.num_parts) + " parts, " + std::to_string(a.q_len) +
+                    " tokens x " + std::to_string(groups) + " groups");
+  }
+  const dim3 grid(static_cast<unsigned>(a.q_len * groups), static_cast<unsigned>(a.num_parts));
+  if (a.d_qk == 576) {
+    FMLA_LAUNCH(sparse_decode_sm90<576>, grid, dim3(kThreads), smem_bytes(576), stream, a);
+  } else {
+    FMLA_LAUNCH(sparse_decode_sm90<512>, grid, dim3(kThreads), smem_bytes(512), stream, a);
+  }
+}
+
+FMLA_CUDA_NS_END
