@@ -91,6 +91,10 @@ KernelGeneration generation() {
   return hopper_kernels() ? KernelGeneration::sm90 : KernelGeneration::sm80;
 }
 
+void dense_decode(const core::DenseDecodeParams& p, void* stream) {
+  run_dense_decode(p, stream, generation());
+}
+
 void sparse_decode(const core::SparseDecodeParams& p, void* stream) {
   run_sparse_decode(p, stream, generation());
 }
@@ -109,7 +113,7 @@ const core::CudaBackend& backend() {
       .release = release,
       .get_mla_metadata = run_get_mla_metadata,
       .get_mla_metadata_sparse = run_get_mla_metadata_sparse,
-      .dense_decode = run_dense_decode,
+      .dense_decode = dense_decode,
       .dense_token_slots = run_dense_token_slots,
       .sparse_decode = sparse_decode,
       .sparse_prefill = sparse_prefill,

@@ -4,9 +4,9 @@
 // match the reference exactly as the CPU path does; the recording table around the harness one
 // checks what the host did: the device scheduler runs only when no schedule is given, can_run
 // launches and allocates nothing, every stream-ordered allocation is released on the call's
-// stream, and the call's stream reaches every entry point. The sparse decode / prefill tests (and
-// dense decode over FP8, which runs the sparse kernel) run once per kernel generation: the
-// portable one the harness table picks, and the Hopper (wgmma) one a CC 9.0 GPU gets.
+// stream, and the call's stream reaches every entry point. The tests of the attention kernels
+// (dense decode, also over FP8; sparse decode; sparse prefill) run once per kernel generation:
+// the portable one the harness table picks, and the Hopper (wgmma) one a CC 9.0 GPU gets.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -20,6 +20,7 @@
 #include "core/scheduler.h"
 #include "cuda/backend.h"
 #include "cuda/common/generation.h"
+#include "cuda/decode/dense_decode.h"
 #include "cuda/decode/sparse_decode.h"
 #include "cuda/prefill/sparse_prefill.h"
 #include "flashmla/flashmla.h"
@@ -46,7 +47,7 @@ struct Record {
   bool foreign_stream = false;  // some entry point got another stream than kStream
 };
 Record g_rec;
-cuda::KernelGeneration g_gen = cuda::KernelGeneration::sm80;  // of the sparse kernels
+cuda::KernelGeneration g_gen = cuda::KernelGeneration::sm80;  // of the attention kernels
 void* const kStream = reinterpret_cast<void*>(uintptr_t{0x5157});
 
 const core::CudaBackend& harness() { return cuda::harness::backend(); }
@@ -82,7 +83,7 @@ const core::CudaBackend kRecording{
     },
     .dense_decode = [](const core::DenseDecodeParams& p, void* s) {
       seen("dense_decode", s);
-      harness().dense_decode(p, s);
+      cuda::harness::run_dense_decode(p, s, g_gen);
     },
     .dense_token_slots = [](const int32_t* table, int64_t table_stride, int64_t max_blocks,
                             const int32_t* lens, int64_t page, int64_t num_blocks, int64_t b,
@@ -125,8 +126,8 @@ class CudaApi : public ::testing::Test {
   const core::CudaBackend* previous_ = nullptr;
 };
 
-// The tests of the sparse kernels, once per generation.
-class CudaApiSparse : public CudaApi,
+// The tests of the attention kernels, once per generation.
+class CudaApiKernels : public CudaApi,
                       public ::testing::WithParamInterface<cuda::KernelGeneration> {
  protected:
   void SetUp() override {
@@ -134,7 +135,7 @@ class CudaApiSparse : public CudaApi,
     g_gen = GetParam();
   }
 };
-INSTANTIATE_TEST_SUITE_P(Generations, CudaApiSparse,
+INSTANTIATE_TEST_SUITE_P(Generations, CudaApiKernels,
                          ::testing::Values(cuda::KernelGeneration::sm80,
                                            cuda::KernelGeneration::sm90),
                          [](const ::testing::TestParamInfo<cuda::KernelGeneration>& info) {
@@ -225,7 +226,7 @@ const testing::DenseDecodeCase kDenseCases[] = {
      .seed = 3},
 };
 
-TEST_F(CudaApi, DenseDecodeSchedulesOnTheDevice) {
+TEST_P(CudaApiKernels, DenseDecodeSchedulesOnTheDevice) {
   for (const auto& c : kDenseCases) {
     SCOPED_TRACE(c.name());
     testing::DenseDecodeData d = testing::make_dense_decode_data(c);
@@ -241,7 +242,7 @@ TEST_F(CudaApi, DenseDecodeSchedulesOnTheDevice) {
   }
 }
 
-TEST_F(CudaApi, DenseDecodeWithDeviceMetadata) {
+TEST_P(CudaApiKernels, DenseDecodeWithDeviceMetadata) {
   const testing::DenseDecodeCase c{.batch = 2, .q_len = 1, .kv_len = 300, .num_heads_q = 16,
                                    .num_heads_kv = 1, .page_block_size = 64, .seed = 10};
   testing::DenseDecodeData d = testing::make_dense_decode_data(c);
@@ -284,7 +285,7 @@ TEST_F(CudaApi, DenseDecodeWithDeviceMetadata) {
 // zero-length requests, causal q_len > 1 with odd pages; the schedule from the device scheduler
 // and then given (dense get_mla_metadata on the device), which the sparse kernel must take as
 // it is.
-TEST_P(CudaApiSparse, DenseDecodeOverFp8V32Cache) {
+TEST_P(CudaApiKernels, DenseDecodeOverFp8V32Cache) {
   uint64_t seed = 30;
   for (auto [hq, sq, page, causal] : std::vector<std::tuple<int64_t, int64_t, int64_t, bool>>{
            {16, 1, 64, false}, {8, 4, 7, true}, {32, 2, 16, true}}) {
@@ -329,7 +330,7 @@ TEST_P(CudaApiSparse, DenseDecodeOverFp8V32Cache) {
 // The FP8 path's index lists come from device values the host never reads: a length far past
 // the block table row (request 0), block ids outside the cache (request 1) and a negative
 // length (request 2) stay inside the tensors, and request 3 still matches the reference.
-TEST_P(CudaApiSparse, DenseDecodeOverFp8V32CacheWithCorruptDeviceValues) {
+TEST_P(CudaApiKernels, DenseDecodeOverFp8V32CacheWithCorruptDeviceValues) {
   const testing::DenseDecodeCase c{.batch = 4, .q_len = 2, .kv_len = 200, .num_heads_q = 16,
                                    .num_heads_kv = 1, .page_block_size = 16, .causal = true,
                                    .seed = 44};
@@ -358,7 +359,7 @@ TEST_P(CudaApiSparse, DenseDecodeOverFp8V32CacheWithCorruptDeviceValues) {
   testing::expect_rows_match(args.out, ref_out.view(), args.lse, ref_lse.view(), 3);
 }
 
-TEST_P(CudaApiSparse, SparseDecodeSchedulesOnTheDevice) {
+TEST_P(CudaApiKernels, SparseDecodeSchedulesOnTheDevice) {
   const testing::SparseDecodeCase cases[] = {
       {.batch = 3, .q_len = 1, .num_heads_q = 16, .d_qk = 576, .kv_len = 600, .topk = 512,
        .page_block_size = 7, .topk_length = true, .extra = true, .extra_topk_length = true,
@@ -413,7 +414,7 @@ TEST_F(CudaApi, SparseMetadataOnTheDeviceEqualsTheHosts) {
   EXPECT_EQ(splits, cpu_splits);
 }
 
-TEST_P(CudaApiSparse, SparsePrefill) {
+TEST_P(CudaApiKernels, SparsePrefill) {
   const testing::SparsePrefillCase cases[] = {
       {.q_len = 7, .kv_len = 300, .num_heads_q = 20, .d_qk = 576, .topk = 100, .sink = true,
        .topk_length = true, .seed = 7},

@@ -1,6 +1,8 @@
-// The CUDA dense decode kernel (src/cuda/decode/dense_decode*.cu) run on the CPU harness, against
-// the double-precision reference with FlashMLA's tolerances, on the params the library builds
-// (core::prepare_dense_decode): small shapes around the 32-token KV tile and the 16-row Q tile,
+// The CUDA dense decode kernels (src/cuda/decode/dense_decode*.cu: the SM80 mma.sync one and the
+// SM90 wgmma one, each on every case) run on the CPU harness, against the double-precision
+// reference with FlashMLA's tolerances, on the params the library builds
+// (core::prepare_dense_decode): small shapes around the 32- and 64-token KV tiles and the 16- and
+// 64-row Q tiles,
 // MQA / GQA, causal q_len 2, varlen, zero-length requests, page sizes 64 and small odd ones,
 // non-contiguous q / block table, bf16 and fp16, and schedules of several parts so requests are
 // split and go through the combine. NaN fills every cache slot that must not be read.
@@ -9,6 +11,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/decode_prepare.h"
@@ -25,6 +28,8 @@ namespace {
 using testing::DenseDecodeCase;
 using testing::DenseDecodeData;
 using testing::HostTensor;
+using cuda::KernelGeneration;
+constexpr KernelGeneration kGenerations[] = {KernelGeneration::sm80, KernelGeneration::sm90};
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -53,8 +58,9 @@ HostTensor relayout(const HostTensor& t, testing::Padding pad) {
 
 // Runs the CUDA kernel on the library's params (accumulators NaN-filled, so a slot the kernel
 // forgets to write shows) and compares out and lse with the reference.
-void check_against_reference(const CudaCase& cs) {
-  SCOPED_TRACE(cs.c.name() + "_parts" + std::to_string(cs.num_sm_parts));
+void check_against_reference(const CudaCase& cs, KernelGeneration gen) {
+  SCOPED_TRACE(cs.c.name() + "_parts" + std::to_string(cs.num_sm_parts) + "_" +
+               cuda::generation_name(gen));
   DenseDecodeData data = testing::make_dense_decode_data(cs.c);
   std::string lens = "cache_seqlens";
   for (int32_t len : data.seqlens) lens += " " + std::to_string(len);
@@ -84,7 +90,7 @@ void check_against_reference(const CudaCase& cs) {
   EXPECT_EQ(!sched.lse_accum.empty(), cs.split) << "the case no longer tests what it says";
   std::fill(sched.lse_accum.begin(), sched.lse_accum.end(), kNaN);
   std::fill(sched.o_accum.begin(), sched.o_accum.end(), kNaN);
-  cuda::run_dense_decode(p, nullptr);
+  cuda::run_dense_decode(p, nullptr, gen);
 
   HostTensor ref_out = HostTensor::empty(cs.c.dtype, {cs.c.batch, cs.c.q_len, cs.c.num_heads_q, 512});
   HostTensor ref_lse = HostTensor::empty(DType::fp32, {cs.c.batch, cs.c.num_heads_q, cs.c.q_len});
@@ -101,13 +107,17 @@ void check_against_reference(const CudaCase& cs) {
   EXPECT_TRUE(lse.ok) << lse.message;
 }
 
-class CudaDenseDecode : public ::testing::TestWithParam<CudaCase> {};
+using Param = std::tuple<CudaCase, KernelGeneration>;
+class CudaDenseDecode : public ::testing::TestWithParam<Param> {};
 
-TEST_P(CudaDenseDecode, MatchesReference) { check_against_reference(GetParam()); }
+TEST_P(CudaDenseDecode, MatchesReference) {
+  check_against_reference(std::get<0>(GetParam()), std::get<1>(GetParam()));
+}
 
-std::string case_name(const ::testing::TestParamInfo<CudaCase>& info) {
-  return info.param.c.name() + "_parts" + std::to_string(info.param.num_sm_parts) +
-         (info.param.unaligned ? "_odd_strides" : "");
+std::string case_name(const ::testing::TestParamInfo<Param>& info) {
+  const CudaCase& cs = std::get<0>(info.param);
+  return cs.c.name() + "_parts" + std::to_string(cs.num_sm_parts) +
+         (cs.unaligned ? "_odd_strides" : "") + "_" + cuda::generation_name(std::get<1>(info.param));
 }
 
 // One request, MQA with 16 heads (one full row tile), s_k just below / at / above the 32-token
@@ -124,7 +134,9 @@ std::vector<CudaCase> tile_edges() {
   }
   return cases;
 }
-INSTANTIATE_TEST_SUITE_P(TileEdges, CudaDenseDecode, ::testing::ValuesIn(tile_edges()),
+INSTANTIATE_TEST_SUITE_P(TileEdges, CudaDenseDecode,
+                         ::testing::Combine(::testing::ValuesIn(tile_edges()),
+                                            ::testing::ValuesIn(kGenerations)),
                          case_name);
 
 // Batches, GQA, causal q_len 2 (two row tiles for 32 rows), varlen, zero lengths, odd pages,
@@ -151,6 +163,14 @@ std::vector<CudaCase> mixed() {
       // request may not touch the row sums before every warp has read them.
       {{.batch = 8, .q_len = 2, .kv_len = 40, .num_heads_q = 64, .num_heads_kv = 2,
         .varlen = true, .zero_lengths = true, .seed = 30}, 1},
+      // Around the SM90 kernel's 64-row tile: 128 rows (two tiles), 65 rows per KV head (a
+      // partial second tile), causal with 2 x 64 rows.
+      {{.batch = 1, .q_len = 1, .kv_len = 300, .num_heads_q = 128, .num_heads_kv = 1,
+        .seed = 31}, 4, true},
+      {{.batch = 1, .q_len = 1, .kv_len = 100, .num_heads_q = 130, .num_heads_kv = 2,
+        .page_block_size = 13, .dtype = DType::fp16, .seed = 32}, 1},
+      {{.batch = 2, .q_len = 2, .kv_len = 130, .num_heads_q = 64, .num_heads_kv = 1,
+        .causal = true, .seed = 33}, 2},
       // Split requests.
       {{.batch = 2, .q_len = 2, .kv_len = 300, .num_heads_q = 8, .num_heads_kv = 2,
         .page_block_size = 5, .varlen = true, .causal = true, .dtype = DType::fp16,
@@ -171,7 +191,10 @@ std::vector<CudaCase> mixed() {
         .dtype = DType::fp16, .seed = 28}, 1, false, true},
   };
 }
-INSTANTIATE_TEST_SUITE_P(Mixed, CudaDenseDecode, ::testing::ValuesIn(mixed()), case_name);
+INSTANTIATE_TEST_SUITE_P(Mixed, CudaDenseDecode,
+                         ::testing::Combine(::testing::ValuesIn(mixed()),
+                                            ::testing::ValuesIn(kGenerations)),
+                         case_name);
 
 // Every request empty: out exactly 0 and lse +inf, no NaN from the cache.
 TEST(CudaDenseDecodeEdges, AllRequestsEmpty) {
@@ -182,13 +205,18 @@ TEST(CudaDenseDecodeEdges, AllRequestsEmpty) {
   core::ResolvedSchedule sched;
   core::DenseDecodeParams p = core::prepare_dense_decode(data.args(), {.num_threads = 2}, sched);
   core::attach_accumulators(sched, p);
-  cuda::run_dense_decode(p, nullptr);
-  for (int64_t i = 0; i < cs.batch; ++i)
-    for (int64_t s = 0; s < cs.q_len; ++s)
-      for (int64_t h = 0; h < cs.num_heads_q; ++h) {
-        EXPECT_EQ(data.lse.get({i, h, s}), std::numeric_limits<float>::infinity());
-        for (int64_t c = 0; c < 512; ++c) ASSERT_EQ(data.out.get({i, s, h, c}), 0.0f);
-      }
+  for (KernelGeneration gen : kGenerations) {
+    SCOPED_TRACE(cuda::generation_name(gen));
+    data.out.fill(kNaN);
+    data.lse.fill(kNaN);
+    cuda::run_dense_decode(p, nullptr, gen);
+    for (int64_t i = 0; i < cs.batch; ++i)
+      for (int64_t s = 0; s < cs.q_len; ++s)
+        for (int64_t h = 0; h < cs.num_heads_q; ++h) {
+          EXPECT_EQ(data.lse.get({i, h, s}), std::numeric_limits<float>::infinity());
+          for (int64_t c = 0; c < 512; ++c) ASSERT_EQ(data.out.get({i, s, h, c}), 0.0f);
+        }
+  }
 }
 
 // The FP8 V32 cache is not read by this kernel yet: a clear unsupported error, nothing run.

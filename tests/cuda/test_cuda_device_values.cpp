@@ -91,6 +91,10 @@ void scramble_schedule(int32_t* records, int num_parts, int32_t* num_splits, int
   for (int64_t i = 0; i <= batch; ++i) num_splits[i] = junk[n++ % 6];
 }
 
+// Every test runs the kernels of both generations (the portable and the Hopper one).
+constexpr cuda::KernelGeneration kGenerations[] = {cuda::KernelGeneration::sm80,
+                                                   cuda::KernelGeneration::sm90};
+
 TEST(CudaDeviceValues, DenseDecodeLengthsAndBlockIdsStayInTheirRequest) {
   const testing::DenseDecodeCase cs{.batch = 4, .q_len = 2, .kv_len = 400, .num_heads_q = 16,
                                     .num_heads_kv = 1, .page_block_size = 16, .causal = true,
@@ -111,8 +115,11 @@ TEST(CudaDeviceValues, DenseDecodeLengthsAndBlockIdsStayInTheirRequest) {
   for (int64_t j = 0; j < d.data.block_table.view().shape[1]; ++j) {
     d.data.block_table.i32({1, j}) = bad_ids[j % 4];
   }
-  cuda::run_dense_decode(d.p, nullptr);
-  expect_rows_match(d.data.out.view(), ref_out.view(), d.data.lse.view(), ref_lse.view(), 2);
+  for (auto gen : kGenerations) {
+    SCOPED_TRACE(cuda::generation_name(gen));
+    cuda::run_dense_decode(d.p, nullptr, gen);
+    expect_rows_match(d.data.out.view(), ref_out.view(), d.data.lse.view(), ref_lse.view(), 2);
+  }
 }
 
 TEST(CudaDeviceValues, DenseDecodeScheduleStaysInsideTheTensors) {
@@ -121,12 +128,10 @@ TEST(CudaDeviceValues, DenseDecodeScheduleStaysInsideTheTensors) {
   PreparedDense d(cs, 3);
   ASSERT_GT(d.p.num_accum_slots, 0) << "the case no longer splits a request";
   scramble_schedule(d.schedule.meta.data(), d.p.num_parts, d.schedule.splits.data(), cs.batch);
-  EXPECT_NO_THROW(cuda::run_dense_decode(d.p, nullptr));
+  for (auto gen : kGenerations) {
+    EXPECT_NO_THROW(cuda::run_dense_decode(d.p, nullptr, gen)) << cuda::generation_name(gen);
+  }
 }
-
-// The sparse kernels of both generations (the portable and the Hopper one) share these guards.
-constexpr cuda::KernelGeneration kGenerations[] = {cuda::KernelGeneration::sm80,
-                                                   cuda::KernelGeneration::sm90};
 
 TEST(CudaDeviceValues, SparseDecodeLengthsAndSlotsStayInTheirRequest) {
   const testing::SparseDecodeCase cs{.batch = 4, .num_heads_q = 16, .kv_len = 200, .topk = 96,

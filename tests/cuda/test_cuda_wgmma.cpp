@@ -132,15 +132,15 @@ __device__ void run_gemm(const Gemm& g, unsigned char* smem, float* out, float* 
     if (g.lane_disagrees && lane == 5) db += 1;
     if constexpr (kN == 32) {
       if (g.b_layout == Layout::mn_major_b128) {
-        wgmma_m64n32k16_bf16<true>(d, da, db, ks > 0);
+        wgmma_m64n32k16<false, true>(d, da, db, ks > 0);
       } else {
-        wgmma_m64n32k16_bf16<false>(d, da, db, ks > 0);
+        wgmma_m64n32k16<false, false>(d, da, db, ks > 0);
       }
     } else {
       if (g.b_layout == Layout::mn_major_b128) {
-        wgmma_m64n256k16_bf16<true>(d, da, db, ks > 0);
+        wgmma_m64n256k16<false, true>(d, da, db, ks > 0);
       } else {
-        wgmma_m64n256k16_bf16<false>(d, da, db, ks > 0);
+        wgmma_m64n256k16<false, false>(d, da, db, ks > 0);
       }
     }
   }

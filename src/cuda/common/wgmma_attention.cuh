@@ -50,8 +50,9 @@ __device__ __forceinline__ unsigned char* aligned_smem() {
   return raw + ((1024u - smem_address(raw) % 1024u) % 1024u);
 }
 
-// S = Q K^T for this warpgroup's 32 keys: Q and the key tile as kD-channel slabs.
-template <int kD>
+// S = Q K^T for this warpgroup's 32 keys: Q and the key tile as kD-channel slabs of bf16 (kFp16:
+// fp16).
+template <int kD, bool kFp16 = false>
 __device__ __forceinline__ void scores(float (&s)[16], uint32_t q_addr, uint32_t kv_addr,
                                        const Place& p) {
   FMLA_UNROLL
@@ -60,7 +61,7 @@ __device__ __forceinline__ void scores(float (&s)[16], uint32_t q_addr, uint32_t
   wgmma_fence();
   FMLA_UNROLL
   for (int ks = 0; ks < kD / 16; ++ks) {
-    wgmma_m64n32k16_bf16<false>(s, wgmma_desc_k_major(q_addr, kRows, 0, ks),
+    wgmma_m64n32k16<kFp16, false>(s, wgmma_desc_k_major(q_addr, kRows, 0, ks),
                                 wgmma_desc_k_major(kv_addr, kTile, kHalf * p.wg, ks), ks > 0);
   }
   wgmma_commit();
@@ -70,8 +71,10 @@ __device__ __forceinline__ void scores(float (&s)[16], uint32_t q_addr, uint32_t
 
 // One online-softmax step over the tile and O += P V. s: this thread's scores in log2 units, -inf
 // where masked; m / l the rows' running max and sum (rows[0], rows[1]); o rescaled and
-// accumulated. sp: the P slab; s_max / s_sum: 2 x 64 floats each. Contains two __syncthreads
-// (every thread of the CTA calls it); a row with no finite score yet keeps m = -inf and p = 0.
+// accumulated. sp: the P slab, P rounded to the element type (kFp16: fp16, else bf16); s_max /
+// s_sum: 2 x 64 floats each. Contains two __syncthreads (every thread of the CTA calls it); a
+// row with no finite score yet keeps m = -inf and p = 0.
+template <bool kFp16 = false>
 __device__ __forceinline__ void softmax_pv(const float (&s)[16], float (&m)[2], float (&l)[2],
                                            float (&o)[128], unsigned char* sp, uint32_t kv_addr,
                                            float* s_max, float* s_sum, const Place& p) {
@@ -99,7 +102,7 @@ __device__ __forceinline__ void softmax_pv(const float (&s)[16], float (&m)[2], 
     const float p0 = exp2f(s[i] - m_use[h]), p1 = exp2f(s[i + 1] - m_use[h]);
     row_sum[h] += p0 + p1;
     *reinterpret_cast<uint32_t*>(sp + swizzle128_offset(p.rows[h], col / 8) + (col % 8) * 2) =
-        pack_bf16x2(p0, p1);
+        pack2<kFp16>(p0, p1);
   }
   FMLA_UNROLL
   for (int h = 0; h < 2; ++h) {
@@ -121,7 +124,7 @@ __device__ __forceinline__ void softmax_pv(const float (&s)[16], float (&m)[2], 
   wgmma_fence();
   FMLA_UNROLL
   for (int ks = 0; ks < kTile / 16; ++ks) {
-    wgmma_m64n256k16_bf16<true>(o, wgmma_desc_k_major(p_addr, kRows, 0, ks),
+    wgmma_m64n256k16<kFp16, true>(o, wgmma_desc_k_major(p_addr, kRows, 0, ks),
                                 wgmma_desc_mn_major(kv_addr, kTile, 256 * p.wg, ks), true);
   }
   wgmma_commit();

@@ -1,4 +1,4 @@
-// Dense MLA decode on the GPU: core::DenseDecodeParams -> the SM80+ split kernel, then the
+// Dense MLA decode on the GPU: core::DenseDecodeParams -> the SM80 or SM90 split kernel, then the
 // combine of split requests (as cpu/decode/dense_decode.cpp).
 #include "cuda/decode/dense_decode.h"
 
@@ -7,6 +7,7 @@
 #include "cuda/common/portable.h"
 #include "cuda/decode/combine.h"
 #include "cuda/decode/dense_decode_sm80.h"
+#include "cuda/decode/dense_decode_sm90.h"
 #include "flashmla/error.h"
 
 FMLA_CUDA_NS_BEGIN
@@ -24,7 +25,7 @@ bool layout_aligned(const void* p, const int64_t (&stride)[3], int bytes) {
 
 }  // namespace
 
-void run_dense_decode(const core::DenseDecodeParams& p, void* stream) {
+void run_dense_decode(const core::DenseDecodeParams& p, void* stream, KernelGeneration gen) {
   if (p.kv_fp8_v32) {
     // TODO(issue 8): FP8 V32 cache (656 bytes per token, dequantised in the tile loader).
     throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "k_cache",
@@ -64,7 +65,11 @@ void run_dense_decode(const core::DenseDecodeParams& p, void* stream) {
   a.lse_accum = p.lse_accum;
   a.o_accum = p.o_accum;
   a.num_accum_slots = p.num_accum_slots;
-  launch_dense_decode_sm80(a, stream);
+  if (gen == KernelGeneration::sm90) {
+    launch_dense_decode_sm90(a, stream);
+  } else {
+    launch_dense_decode_sm80(a, stream);
+  }
   combine_decode_accumulators(p.batch, p.q_len, p.num_heads_q, p.d_v, p.lse_accum, p.o_accum,
                               p.num_accum_slots, p.num_splits, nullptr, p.dtype, p.out,
                               p.out_stride, p.lse, p.lse_stride, stream);

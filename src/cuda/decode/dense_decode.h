@@ -1,7 +1,8 @@
-// Dense MLA decode on the GPU (portable SM80+ kernel): the CUDA twin of cpu/decode/dense_decode.h.
+// Dense MLA decode on the GPU (the SM80 or SM90 kernel): the CUDA twin of cpu/decode/dense_decode.h.
 #pragma once
 
 #include "core/decode_params.h"
+#include "cuda/common/generation.h"
 #include "cuda/common/namespace.h"
 
 FMLA_CUDA_NS_BEGIN
@@ -11,7 +12,8 @@ FMLA_CUDA_NS_BEGIN
 // is a cudaStream_t (null = default stream). Asynchronous on the GPU, synchronous in the
 // harness. Throws flashmla::Error (unsupported) for an FP8 V32 cache (p.kv_fp8_v32; the API runs
 // those on the sparse kernel, see cuda/decode/dense_token_slots.h), which this
-// kernel does not read yet.
-void run_dense_decode(const core::DenseDecodeParams& p, void* stream);
+// kernel does not read yet. `gen`: the split kernel's generation (common/generation.h).
+void run_dense_decode(const core::DenseDecodeParams& p, void* stream,
+                      KernelGeneration gen = KernelGeneration::sm80);
 
 FMLA_CUDA_NS_END
