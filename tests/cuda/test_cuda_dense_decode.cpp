@@ -17,6 +17,8 @@
 #include "core/decode_prepare.h"
 #include "core/schedule_arg.h"
 #include "cuda/decode/dense_decode.h"
+#include "cuda/decode/dense_decode_sm80.h"
+#include "cuda/decode/dense_decode_sm90.h"
 #include "flashmla/flashmla.h"
 #include "ref/ref.h"
 #include "testing/compare.h"
@@ -216,6 +218,23 @@ TEST(CudaDenseDecodeEdges, AllRequestsEmpty) {
           EXPECT_EQ(data.lse.get({i, h, s}), std::numeric_limits<float>::infinity());
           for (int64_t c = 0; c < 512; ++c) ASSERT_EQ(data.out.get({i, s, h, c}), 0.0f);
         }
+  }
+}
+
+// More schedule parts than a grid's y dimension holds: an error naming the schedule, no launch
+// (on a GPU the launch would fail with an opaque "invalid configuration").
+TEST(CudaDenseDecodeEdges, TooManyPartsIsAnError) {
+  cuda::DenseDecodeArgs a{};
+  a.batch = a.q_len = a.num_heads_q = a.num_heads_kv = 1;
+  a.num_parts = 65536;
+  for (auto launch : {cuda::launch_dense_decode_sm80, cuda::launch_dense_decode_sm90}) {
+    try {
+      launch(a, nullptr);
+      ADD_FAILURE() << "expected flashmla::Error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::unsupported);
+      EXPECT_NE(std::string(e.what()).find("65535"), std::string::npos) << e.what();
+    }
   }
 }
 

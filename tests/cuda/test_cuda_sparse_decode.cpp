@@ -15,6 +15,8 @@
 #include "core/sparse_decode_prepare.h"
 #include "cuda/common/portable.h"
 #include "cuda/decode/sparse_decode.h"
+#include "cuda/decode/sparse_decode_sm80.h"
+#include "cuda/decode/sparse_decode_sm90.h"
 #include "cuda/decode/sparse_kv_tile.cuh"
 #include "flashmla/flashmla.h"
 #include "flashmla/kv_format.h"
@@ -142,6 +144,22 @@ TEST(CudaSparseDecodeSchedule, GridSplitsRequests) {
     if (k.c.topk >= 320) split += check_against_reference(k, KernelGeneration::sm80) ? 1 : 0;
   }
   EXPECT_EQ(split, 6);
+}
+
+// More schedule parts than a grid's y dimension holds: an error naming the schedule, no launch.
+TEST(CudaSparseDecodeSchedule, TooManyPartsIsAnError) {
+  cuda::SparseDecodeArgs a{};
+  a.batch = a.q_len = a.num_heads_q = 1;
+  a.num_parts = 65536;
+  for (auto launch : {cuda::launch_sparse_decode_sm80, cuda::launch_sparse_decode_sm90}) {
+    try {
+      launch(a, nullptr);
+      ADD_FAILURE() << "expected flashmla::Error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::unsupported);
+      EXPECT_NE(std::string(e.what()).find("65535"), std::string::npos) << e.what();
+    }
+  }
 }
 
 // ---- the tile gather's FP8 dequantisation, bit for bit against the library's codec ----

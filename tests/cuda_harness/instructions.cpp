@@ -17,18 +17,6 @@
 namespace flashmla::cuda_harness {
 namespace {
 
-float half_bits_to_float(uint16_t bits, MmaType type) {
-  if (type == MmaType::bf16) {
-    const uint32_t w = uint32_t{bits} << 16;
-    float f;
-    std::memcpy(&f, &w, 4);
-    return f;
-  }
-  __half_raw raw;
-  raw.x = bits;
-  return __half2float(__half(raw));
-}
-
 uint16_t lo16(uint32_t r) { return static_cast<uint16_t>(r & 0xffffu); }
 uint16_t hi16(uint32_t r) { return static_cast<uint16_t>(r >> 16); }
 
@@ -39,6 +27,18 @@ struct MmaPayload {
 };
 
 }  // namespace
+
+float mma_element(uint16_t bits, MmaType type) {
+  if (type == MmaType::bf16) {
+    const uint32_t w = uint32_t{bits} << 16;
+    float f;
+    std::memcpy(&f, &w, 4);
+    return f;
+  }
+  __half_raw raw;
+  raw.x = bits;
+  return __half2float(__half(raw));
+}
 
 void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                   const float (&c)[4]) {
@@ -55,13 +55,13 @@ void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uin
     const int g = l >> 2, t = l & 3;
     for (int r = 0; r < 4; ++r) {
       const int row = g + ((r & 1) ? 8 : 0), col = 2 * t + ((r & 2) ? 8 : 0);
-      A[row][col] = half_bits_to_float(lo16(p.a[r]), type);
-      A[row][col + 1] = half_bits_to_float(hi16(p.a[r]), type);
+      A[row][col] = mma_element(lo16(p.a[r]), type);
+      A[row][col + 1] = mma_element(hi16(p.a[r]), type);
     }
     for (int r = 0; r < 2; ++r) {
       const int k = 2 * t + (r ? 8 : 0);
-      B[k][g] = half_bits_to_float(lo16(p.b[r]), type);
-      B[k + 1][g] = half_bits_to_float(hi16(p.b[r]), type);
+      B[k][g] = mma_element(lo16(p.b[r]), type);
+      B[k + 1][g] = mma_element(hi16(p.b[r]), type);
     }
     for (int r = 0; r < 4; ++r) C[g + (r >= 2 ? 8 : 0)][2 * t + (r & 1)] = p.c[r];
   }

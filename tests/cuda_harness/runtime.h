@@ -58,6 +58,8 @@ const unsigned char* warp_exchange(unsigned mask, const void* payload, size_t by
 
 // ---- emulated instructions (instructions.cpp, from the PTX ISA's semantics) ----
 enum class MmaType { bf16, f16 };
+// A bf16 / fp16 bit pattern as float (exact).
+float mma_element(uint16_t bits, MmaType type);
 void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                   const float (&c)[4]);
 void ldmatrix(uint32_t* r, int num, bool trans, const void* row);

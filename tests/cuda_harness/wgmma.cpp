@@ -18,10 +18,12 @@
 //    an aligned 1024-byte block); anything else fails the launch rather than guessing.
 //  - Accumulator D of m64nN (f32): the warpgroup's warp w holds rows 16w..16w+15; register i of
 //    lane l is row 16w + l/4 + 8 ((i % 4) / 2), column 8 (i / 4) + 2 (l % 4) + i % 2.
-//  - Asynchrony: wgmma.mma_async only queues the operation; wgmma.commit_group closes a group
-//    and wgmma.wait_group N performs every group but the N newest — reading A and B from shared
-//    memory and C from the accumulator registers then, so a kernel that overwrites its operands
-//    or reads its accumulators before the wait gets a wrong answer here as it may on the GPU.
+//  - Asynchrony: wgmma.mma_async reads A and B from shared memory at the issue and again when
+//    wgmma.wait_group N performs its group (every group but the N newest), and fails the launch
+//    if they differ: the operands changed while the wgmma was in flight — written by another
+//    thread without a barrier before the issue, or overwritten before the wait. C is read from
+//    the accumulator registers at the wait, so a kernel that reads or writes its accumulators
+//    between the issue and the wait gets a wrong answer here, as it may on the GPU.
 //    An mma_async needs a wgmma.fence since the thread's last wait_group (the registers were
 //    accessed in between), and every lane of a warp must pass the same descriptors and flags.
 //  - fence.proxy.async is accepted and does nothing (the harness has one memory proxy).
@@ -40,7 +42,8 @@ struct WgmmaOp {
   int n;
   uint64_t desc_a, desc_b;
   bool accumulate, trans_a, trans_b;
-  int64_t group;  // -1: not committed yet
+  int64_t group;               // -1: not committed yet
+  std::vector<double> issued;  // A B for this thread's accumulators, read at the issue
 };
 
 struct WgmmaState final : ThreadState {
@@ -73,18 +76,6 @@ Desc decode(uint64_t v, const char* which) {
   return {field(0), field(16), field(32), static_cast<int>(v >> 62)};
 }
 
-float to_float(uint16_t bits, MmaType type) {
-  if (type == MmaType::bf16) {
-    const uint32_t w = uint32_t{bits} << 16;
-    float f;
-    std::memcpy(&f, &w, 4);
-    return f;
-  }
-  __half_raw raw;
-  raw.x = bits;
-  return __half2float(__half(raw));
-}
-
 // Element (mn, k) of an operand (mn: row of A or column of B).
 float element(const Desc& d, bool mn_major, int mn, int k, MmaType type, const char* which) {
   uint32_t a = 0;
@@ -114,22 +105,38 @@ float element(const Desc& d, bool mn_major, int mn, int k, MmaType type, const c
   }
   uint16_t bits;
   std::memcpy(&bits, static_cast<const unsigned char*>(dynamic_smem()) + a, 2);
-  return to_float(bits, type);
+  return mma_element(bits, type);
 }
 
-void perform(const WgmmaOp& op) {
+// The product A B at this thread's accumulator positions, from shared memory as it is now
+// (products of 16-bit floats and their sums are exact in double).
+std::vector<double> products(const WgmmaOp& op) {
   const Desc a = decode(op.desc_a, "A"), b = decode(op.desc_b, "B");
   const int linear = thread_linear(), lane = linear & 31, warp = (linear >> 5) & 3;
+  std::vector<double> p(static_cast<size_t>(op.n / 2));
   for (int i = 0; i < op.n / 2; ++i) {
     const int row = 16 * warp + lane / 4 + 8 * ((i % 4) / 2);
     const int col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
-    // Products of 16-bit floats are exact; one rounding of the sum (as the mma.sync emulation).
-    double s = op.accumulate ? op.d[i] : 0.0;
+    double s = 0.0;
     for (int k = 0; k < 16; ++k) {
       s += static_cast<double>(element(a, op.trans_a, row, k, op.type, "A")) *
            element(b, op.trans_b, col, k, op.type, "B");
     }
-    op.d[i] = static_cast<float>(s);
+    p[static_cast<size_t>(i)] = s;
+  }
+  return p;
+}
+
+void perform(const WgmmaOp& op) {
+  const std::vector<double> now = products(op);
+  if (std::memcmp(now.data(), op.issued.data(), now.size() * sizeof(double)) != 0) {
+    fail("wgmma: its shared-memory operands changed between wgmma.mma_async and the "
+         "wgmma.wait_group that completed it (a missing barrier before the issue, or an "
+         "overwrite before the wait)");
+  }
+  // One rounding of C + A B (as the mma.sync emulation).
+  for (size_t i = 0; i < now.size(); ++i) {
+    op.d[i] = static_cast<float>((op.accumulate ? op.d[i] : 0.0) + now[i]);
   }
 }
 
@@ -169,7 +176,9 @@ void wgmma_mma_async(MmaType type, float* d, int n, uint64_t desc_a, uint64_t de
       fail("wgmma.mma_async: the lanes of a warp pass different descriptors, shapes or flags");
     }
   }
-  st.ops.push_back({type, d, n, desc_a, desc_b, accumulate, trans_a, trans_b, -1});
+  WgmmaOp op{type, d, n, desc_a, desc_b, accumulate, trans_a, trans_b, -1, {}};
+  op.issued = products(op);
+  st.ops.push_back(std::move(op));
 }
 
 void wgmma_commit() {

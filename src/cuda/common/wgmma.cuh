@@ -17,6 +17,14 @@
 
 #include "cuda/common/portable.h"
 
+// FMLA_SM90_BODY: defined where a kernel built on these wrappers has its body — sm_90a and the
+// harness. Such a kernel wraps its body (and the helpers only the body uses) in
+// #if defined(FMLA_SM90_BODY), so every other GPU target compiles an empty kernel, never
+// launched there.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
+#define FMLA_SM90_BODY 1
+#endif
+
 FMLA_CUDA_NS_BEGIN
 
 // ---- layout helpers (host and device) ----

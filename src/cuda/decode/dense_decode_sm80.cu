@@ -10,11 +10,11 @@
 // tile, ldmatrix .trans). Unsplit requests are finalised into out / lse; split pieces go to the
 // accumulators (log2 units) for the combine.
 #include <cmath>
-#include <string>
 
 #include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
 #include "cuda/decode/dense_decode_sm80.h"
+#include "cuda/decode/decode_grid.h"
 #include "flashmla/error.h"
 
 FMLA_CUDA_NS_BEGIN
@@ -260,11 +260,7 @@ void launch_dense_decode_sm80(const DenseDecodeArgs& a, void* stream) {
   if (a.num_parts <= 0 || a.batch <= 0) return;
   const int64_t rows_per_kv = int64_t{a.q_len} * (a.num_heads_q / a.num_heads_kv);
   const int64_t blocks_x = a.num_heads_kv * ((rows_per_kv + kRows - 1) / kRows);
-  if (a.num_parts > 65535 || blocks_x > 0x7fffffff) {
-    throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "tile_scheduler_metadata",
-                "at most 65535 schedule parts and 2^31 - 1 (KV head, 16-row tile) pairs",
-                std::to_string(a.num_parts) + " parts, " + std::to_string(blocks_x) + " tiles");
-  }
+  check_decode_grid(a.num_parts, blocks_x, "(KV head, 16-row tile) pairs");
   const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(a.num_parts));
   if (a.fp16) {
 #if defined(FLASH_MLA_DISABLE_FP16)

@@ -8,13 +8,13 @@
 // ~57 KiB (d_qk 576), so two CTAs fit an A100 SM and three a Hopper one. Unsplit requests are
 // finalised with the sink; split pieces go to the accumulators for the combine.
 #include <cmath>
-#include <string>
 
 #include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
 #include "cuda/decode/sparse_decode_piece.cuh"
 #include "cuda/decode/sparse_decode_sm80.h"
 #include "cuda/decode/sparse_kv_tile.cuh"
+#include "cuda/decode/decode_grid.h"
 #include "flashmla/error.h"
 
 FMLA_CUDA_NS_BEGIN
@@ -166,12 +166,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
 void launch_sparse_decode_sm80(const SparseDecodeArgs& a, void* stream) {
   if (a.num_parts <= 0) return;
   const int64_t groups = (a.num_heads_q + kHeads - 1) / kHeads;
-  if (a.num_parts > 65535 || int64_t{a.q_len} * groups > 0x7fffffff) {
-    throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "tile_scheduler_metadata",
-                "at most 65535 schedule parts and 2^31 - 1 (query token, 16-head group) pairs",
-                std::to_string(a.num_parts) + " parts, " + std::to_string(a.q_len) +
-                    " tokens x " + std::to_string(groups) + " groups");
-  }
+  check_decode_grid(a.num_parts, int64_t{a.q_len} * groups,
+                    "(query token, 16-head group) pairs");
   const dim3 grid(static_cast<unsigned>(a.q_len * groups), static_cast<unsigned>(a.num_parts));
   // One kernel for both widths: its limit is raised to the larger size once for all launches.
   FMLA_LAUNCH_SMEM_CAP(sparse_decode_sm80, grid, dim3(kThreads), smem_bytes(a.d_qk),

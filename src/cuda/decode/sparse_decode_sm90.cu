@@ -9,7 +9,6 @@
 // Not yet: overlap of the gather with the wgmma (the dequantisation passes through registers, so
 // it needs producer warps, not cp.async), a 128-head CTA.
 #include <cmath>
-#include <string>
 
 #include "cuda/common/portable.h"
 #include "cuda/common/wgmma.cuh"
@@ -17,15 +16,10 @@
 #include "cuda/decode/sparse_decode_piece.cuh"
 #include "cuda/decode/sparse_decode_sm90.h"
 #include "cuda/decode/sparse_kv_tile.cuh"
+#include "cuda/decode/decode_grid.h"
 #include "flashmla/error.h"
 
 FMLA_CUDA_NS_BEGIN
-
-// The kernel body exists for sm_90a (and in the harness); every other GPU target compiles an
-// empty kernel that is never launched (see wgmma.cuh).
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
-#define FMLA_SM90_BODY 1
-#endif
 
 namespace {
 
@@ -167,12 +161,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm90(const SparseDe
 void launch_sparse_decode_sm90(const SparseDecodeArgs& a, void* stream) {
   if (a.num_parts <= 0) return;
   const int64_t groups = (a.num_heads_q + kRows - 1) / kRows;
-  if (a.num_parts > 65535 || int64_t{a.q_len} * groups > 0x7fffffff) {
-    throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "tile_scheduler_metadata",
-                "at most 65535 schedule parts and 2^31 - 1 (query token, 64-head group) pairs",
-                std::to_string(a.num_parts) + " parts, " + std::to_string(a.q_len) +
-                    " tokens x " + std::to_string(groups) + " groups");
-  }
+  check_decode_grid(a.num_parts, int64_t{a.q_len} * groups,
+                    "(query token, 64-head group) pairs");
   const dim3 grid(static_cast<unsigned>(a.q_len * groups), static_cast<unsigned>(a.num_parts));
   if (a.d_qk == 576) {
     FMLA_LAUNCH(sparse_decode_sm90<576>, grid, dim3(kThreads), smem_bytes(576), stream, a);

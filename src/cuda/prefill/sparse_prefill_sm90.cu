@@ -19,12 +19,6 @@
 
 FMLA_CUDA_NS_BEGIN
 
-// The kernel body exists for sm_90a (and in the harness); every other GPU target compiles an
-// empty kernel that is never launched (see wgmma.cuh).
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
-#define FMLA_SM90_BODY 1
-#endif
-
 namespace {
 
 using namespace wgmma_attention;
