@@ -3,6 +3,8 @@
 // CPU harness: host memory (the harness's "device" memory is the host's) and a fixed SM count.
 #include "cuda/backend.h"
 
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <string_view>
 
@@ -50,21 +52,30 @@ void release(void* p, void* stream) {
 // The SM90 (wgmma) kernels: on compute capability 9.0 (sm_90a code runs there only) when this
 // build has sm_90a code (FLASHMLA_CUDA_SM90A, cmake/cuda.cmake) and FLASHMLA_CUDA_PORTABLE is
 // not set to something other than 0 (which keeps every GPU on the portable SM80 kernels).
+// FLASHMLA_LOG=debug prints the choice once per device.
 bool hopper_kernels() {
-#if defined(FLASHMLA_CUDA_SM90A)
-  if (const char* v = std::getenv("FLASHMLA_CUDA_PORTABLE"); v && *v && std::string_view(v) != "0") {
-    return false;
-  }
   int device = 0, major = 0, minor = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
         "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
   check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
         "cudaDeviceGetAttribute(ComputeCapabilityMinor)");
-  return major == 9 && minor == 0;
+  const char* env = std::getenv("FLASHMLA_CUDA_PORTABLE");
+  const bool opted_out = env && *env && std::string_view(env) != "0";
+#if defined(FLASHMLA_CUDA_SM90A)
+  const bool built = true;
 #else
-  return false;
+  const bool built = false;
 #endif
+  const bool hopper = built && !opted_out && major == 9 && minor == 0;
+  static std::atomic<uint64_t> logged{0};
+  if (const char* log = std::getenv("FLASHMLA_LOG"); log && std::string_view(log) == "debug" &&
+      device >= 0 && device < 64 && !(logged.fetch_or(uint64_t{1} << device) >> device & 1)) {
+    std::fprintf(stderr, "flashmla: CUDA device %d (compute capability %d.%d): %s kernels%s\n",
+                 device, major, minor, hopper ? "sm90 (wgmma)" : "sm80 (portable)",
+                 opted_out ? " (FLASHMLA_CUDA_PORTABLE)" : built ? "" : " (no sm_90a in this build)");
+  }
+  return hopper;
 }
 #else
 constexpr const char* kName = "harness";
