@@ -49,6 +49,18 @@ def cuda(x):
     return TORCH.arr(x).cuda() if isinstance(x, np.ndarray) else x.cuda()
 
 
+@pytest.fixture(params=["auto", "portable"])
+def kernels(request, monkeypatch):
+    """Each GPU attention test twice: with the kernels the library picks for this GPU (the
+    Hopper ones on compute capability 9.0) and with FLASHMLA_CUDA_PORTABLE=1 (the portable ones;
+    read per call)."""
+    if request.param == "portable":
+        monkeypatch.setenv("FLASHMLA_CUDA_PORTABLE", "1")
+    else:
+        monkeypatch.delenv("FLASHMLA_CUDA_PORTABLE", raising=False)
+    return request.param
+
+
 def close(a, b, atol, rtol):
     a, b = a.float().cpu(), b.float().cpu()
     assert torch.equal(torch.isnan(a), torch.isnan(b))
@@ -59,7 +71,7 @@ def close(a, b, atol, rtol):
 @pytest.mark.parametrize("b,s_q,h_q,h_kv,s_k,causal", [(2, 1, 16, 1, 300, False),
                                                        (3, 2, 64, 1, 1000, True),
                                                        (2, 1, 32, 2, 200, False)])
-def test_gpu_dense_decode_matches_cpu(rng, b, s_q, h_q, h_kv, s_k, causal):
+def test_gpu_dense_decode_matches_cpu(kernels, rng, b, s_q, h_q, h_kv, s_k, causal):
     q, k, bt, sl = make_dense_case(rng, b, s_q, h_q, h_kv, s_k)
     cpu = [TORCH.arr(x) for x in (q, k, bt, sl)]
     gpu = [cuda(x) for x in cpu]
@@ -88,7 +100,7 @@ class CudaTorch:
 
 @needs_gpu
 @pytest.mark.parametrize("fmt", [R.V32, R.MODEL1])
-def test_gpu_sparse_decode_matches_cpu(rng, fmt):
+def test_gpu_sparse_decode_matches_cpu(kernels, rng, fmt):
     b, s_q, h_q, topk = 2, 1, 64, 256
     pool = make_sparse_pool(rng, b, s_q, 600, topk, 64, fmt, with_length=True)
     q = q_for(rng, b, s_q, h_q, pool["deq_flat"].shape[1])
@@ -101,7 +113,7 @@ def test_gpu_sparse_decode_matches_cpu(rng, fmt):
 
 
 @needs_gpu
-def test_gpu_sparse_prefill_matches_cpu(rng):
+def test_gpu_sparse_prefill_matches_cpu(kernels, rng):
     q, kv, idx, length = make_prefill_case(rng, 12, 64, 576, 300, 128, True)
     cpu = [TORCH.arr(x) for x in (q, kv, idx)]
     want = fm.flash_mla_sparse_fwd(*cpu, 0.5, topk_length=TORCH.arr(length))
