@@ -70,7 +70,7 @@ struct Gemm {
   Layout a_layout = Layout::k_major_b128;
   // Faults to inject (each must be caught or show the asynchrony).
   bool skip_fence = false, read_before_wait = false, clobber_before_wait = false;
-  bool reserved_bit = false, past_smem = false, lane_disagrees = false;
+  bool reserved_bit = false, past_smem = false, lane_disagrees = false, warp_disagrees = false;
 };
 
 struct Sizes {
@@ -130,6 +130,7 @@ __device__ void run_gemm(const Gemm& g, unsigned char* smem, float* out, float* 
     if (g.reserved_bit) da |= uint64_t{1} << 15;
     if (g.past_smem) db = wgmma_desc(b_addr + 65536, 0, 1024, WgmmaSwizzle::b128);
     if (g.lane_disagrees && lane == 5) db += 1;
+    if (g.warp_disagrees && tid / 32 == 2) db += 1;  // a whole warp: each warp is uniform
     if constexpr (kN == 32) {
       if (g.b_layout == Layout::mn_major_b128) {
         wgmma_m64n32k16<false, true>(d, da, db, ks > 0);
@@ -296,7 +297,9 @@ TEST(CudaHarnessWgmma, MisuseIsAnError) {
   EXPECT_PRED2(contains, error_of({.skip_fence = true}), "without a wgmma.fence");
   EXPECT_PRED2(contains, error_of({.reserved_bit = true}), "reserved bits");
   EXPECT_PRED2(contains, error_of({.past_smem = true}), "outside the block's shared memory");
-  EXPECT_PRED2(contains, error_of({.lane_disagrees = true}), "different descriptors");
+  EXPECT_PRED2(contains, error_of({.lane_disagrees = true}), "lanes of a warp pass different");
+  EXPECT_PRED2(contains, error_of({.warp_disagrees = true}),
+               "warps of a warpgroup pass different");
   // A zeroed after the issue but before the wait (as a write without a barrier before the issue
   // would change it in flight).
   EXPECT_PRED2(contains, error_of({.n = 32, .k_steps = 2, .clobber_before_wait = true}),

@@ -78,6 +78,7 @@ struct Block {
   int at_barrier = 0;
   // Per warp, the pending collectives (one per distinct mask).
   std::vector<std::vector<std::shared_ptr<Collective>>> pending;
+  std::unique_ptr<ThreadState> extension;  // block_state_slot()
   std::string error;  // first error raised by a thread
   bool aborting = false;  // after an error: every barrier throws BlockAborted
   uint64_t switches = 0;
@@ -182,6 +183,11 @@ size_t dynamic_smem_bytes() {
 int thread_linear() { return current().linear; }
 
 std::unique_ptr<ThreadState>& thread_state_slot() { return current().extension; }
+
+std::unique_ptr<ThreadState>& block_state_slot() {
+  current();
+  return tl_block->extension;
+}
 
 [[noreturn]] void fail(const char* what) { throw std::logic_error(what); }
 

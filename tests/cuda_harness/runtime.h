@@ -45,6 +45,8 @@ struct ThreadState {
   virtual ~ThreadState() = default;
 };
 std::unique_ptr<ThreadState>& thread_state_slot();
+// The same per block (shared by its threads; a block runs on one OS thread).
+std::unique_ptr<ThreadState>& block_state_slot();
 
 // ---- barriers and collectives ----
 void sync_threads();

@@ -25,9 +25,13 @@
 //    the accumulator registers at the wait, so a kernel that reads or writes its accumulators
 //    between the issue and the wait gets a wrong answer here, as it may on the GPU.
 //    An mma_async needs a wgmma.fence since the thread's last wait_group (the registers were
-//    accessed in between), and every lane of a warp must pass the same descriptors and flags.
+//    accessed in between), and every lane of the warpgroup must pass the same descriptors and
+//    flags to its n-th mma_async ("the contents of a matrix descriptor must be same across all
+//    the warps in the warpgroup").
 //  - fence.proxy.async is accepted and does nothing (the harness has one memory proxy).
 #include <cstring>
+#include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -49,7 +53,25 @@ struct WgmmaOp {
 struct WgmmaState final : ThreadState {
   std::vector<WgmmaOp> ops;
   int64_t next_group = 0;
+  int64_t issued = 0;  // mma_async so far
   bool fenced = false;
+};
+
+// What an mma_async passes; the same in every lane of a warpgroup.
+struct Uniform {
+  uint64_t a, b;
+  int n, flags;
+  bool operator==(const Uniform&) const = default;
+};
+
+// Per block: the n-th mma_async of each warpgroup as its first warp passed it, until all four
+// warps have compared theirs.
+struct WarpgroupIssues final : ThreadState {
+  struct Entry {
+    Uniform u;
+    int warps;
+  };
+  std::map<std::pair<int, int64_t>, Entry> pending;  // (warpgroup, n) -> entry
 };
 
 WgmmaState& state() {
@@ -165,17 +187,32 @@ void wgmma_mma_async(MmaType type, float* d, int n, uint64_t desc_a, uint64_t de
   if (n < 8 || n > 256 || n % 8 != 0) fail("wgmma: N must be a multiple of 8 in [8, 256]");
   WgmmaState& st = state();
   if (!st.fenced) fail("wgmma.mma_async without a wgmma.fence since the last wgmma.wait_group");
-  struct Uniform {
-    uint64_t a, b;
-    int n, flags;
-  } mine{desc_a, desc_b, n, (accumulate ? 1 : 0) | (trans_a ? 2 : 0) | (trans_b ? 4 : 0) |
-                                (type == MmaType::f16 ? 8 : 0)};
+  const Uniform mine{desc_a, desc_b, n, (accumulate ? 1 : 0) | (trans_a ? 2 : 0) |
+                                            (trans_b ? 4 : 0) | (type == MmaType::f16 ? 8 : 0)};
   const unsigned char* slots = warp_exchange(0xffffffffu, &mine, sizeof mine, "wgmma.mma_async");
   for (int l = 0; l < 32; ++l) {
     if (std::memcmp(slots + 64 * l, &mine, sizeof mine) != 0) {
       fail("wgmma.mma_async: the lanes of a warp pass different descriptors, shapes or flags");
     }
   }
+  // Lane 0 of each warp compares with the warpgroup's other warps.
+  const int linear = thread_linear();
+  if ((linear & 31) == 0) {
+    std::unique_ptr<ThreadState>& slot = block_state_slot();
+    if (!slot) slot = std::make_unique<WarpgroupIssues>();
+    auto& pending = static_cast<WarpgroupIssues&>(*slot).pending;
+    const auto key = std::make_pair(linear / 128, st.issued);
+    auto it = pending.find(key);
+    if (it == pending.end()) {
+      pending.emplace(key, WarpgroupIssues::Entry{mine, 1});
+    } else if (!(it->second.u == mine)) {
+      fail("wgmma.mma_async: the warps of a warpgroup pass different descriptors, shapes or "
+           "flags");
+    } else if (++it->second.warps == 4) {
+      pending.erase(it);
+    }
+  }
+  ++st.issued;
   WgmmaOp op{type, d, n, desc_a, desc_b, accumulate, trans_a, trans_b, -1, {}};
   op.issued = products(op);
   st.ops.push_back(std::move(op));
