@@ -6,7 +6,7 @@
 // The instructions exist on sm_90a alone, so they are guarded by __CUDA_ARCH_FEAT_SM90_ALL: for
 // every other GPU target (sm_80, plain sm_90, sm_100a, sm_120, the PTX) these wrappers compile
 // to nothing, and a kernel built on them must not be launched there (its host side selects it
-// on compute capability 9.0 only, cuda/common/arch.h).
+// on compute capability 9.0 only, cuda/backend.cu).
 //
 // Operands in shared memory use 128-byte swizzling (wgmma_desc_*): a "slab" is R rows of 128
 // bytes (64 bf16 of the K or N dimension), R a multiple of 8, starting on a 1024-byte boundary;

@@ -1,6 +1,6 @@
 // The SM90 (Hopper, sm_90a) sparse prefill kernel's launch (sparse_prefill_sm90.cu); it takes the
-// SM80 kernel's arguments. The entry point (sparse_prefill.cu) selects it on compute capability
-// 9.0 when the build has sm_90a code (cuda/common/arch.h).
+// SM80 kernel's arguments. The entry point (sparse_prefill.cu) runs it when asked for the SM90
+// generation, which the backend table does on compute capability 9.0 (cuda/backend.cu).
 #pragma once
 
 #include "cuda/common/namespace.h"
