@@ -73,7 +73,9 @@ bool hopper_kernels() {
       device >= 0 && device < 64 && !(logged.fetch_or(uint64_t{1} << device) >> device & 1)) {
     std::fprintf(stderr, "flashmla: CUDA device %d (compute capability %d.%d): %s kernels%s\n",
                  device, major, minor, hopper ? "sm90 (wgmma)" : "sm80 (portable)",
-                 opted_out ? " (FLASHMLA_CUDA_PORTABLE)" : built ? "" : " (no sm_90a in this build)");
+                 opted_out ? " (FLASHMLA_CUDA_PORTABLE)"
+                 : built   ? ""
+                           : " (no sm_90a in this build)");
   }
   return hopper;
 }

@@ -119,7 +119,8 @@ TEST_P(CudaDenseDecode, MatchesReference) {
 std::string case_name(const ::testing::TestParamInfo<Param>& info) {
   const CudaCase& cs = std::get<0>(info.param);
   return cs.c.name() + "_parts" + std::to_string(cs.num_sm_parts) +
-         (cs.unaligned ? "_odd_strides" : "") + "_" + cuda::generation_name(std::get<1>(info.param));
+         (cs.unaligned ? "_odd_strides" : "") + "_" +
+         cuda::generation_name(std::get<1>(info.param));
 }
 
 // One request, MQA with 16 heads (one full row tile), s_k just below / at / above the 32-token

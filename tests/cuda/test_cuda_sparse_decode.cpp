@@ -1,10 +1,11 @@
-// The CUDA sparse decode (src/cuda/decode/sparse_decode*.cu: the SM80 mma.sync split kernel and
-// the SM90 wgmma one, each on every case) run by the CPU harness on the params the library builds (core::prepare_sparse_decode), against the double-precision reference with
-// FlashMLA's tolerances, as tests/test_sparse_decode.cpp checks the CPU kernel: both FP8 formats
-// and the bf16 cache, topk around the 64-column block and the 32-token tile, head counts below /
-// at / above the 16- and 64-head groups, lengths, extra pool, sink with +-inf entries, all-invalid and
-// zero-length requests, varlen, non-contiguous inputs and schedules that split requests over
-// several parts; and the tile gather's FP8 dequantisation bit for bit against the codec.
+// The CUDA sparse decode (src/cuda/decode/sparse_decode*.cu: the SM80 mma.sync split kernel and the
+// SM90 wgmma one, each on every case) run by the CPU harness on the params the library builds
+// (core::prepare_sparse_decode), against the double-precision reference with FlashMLA's tolerances,
+// as tests/test_sparse_decode.cpp checks the CPU kernel: both FP8 formats and the bf16 cache, topk
+// around the 64-column block and the 32-token tile, head counts below / at / above the 16- and
+// 64-head groups, lengths, extra pool, sink with +-inf entries, all-invalid and zero-length
+// requests, varlen, non-contiguous inputs and schedules that split requests over several parts; and
+// the tile gather's FP8 dequantisation bit for bit against the codec.
 #include <gtest/gtest.h>
 
 #include <random>

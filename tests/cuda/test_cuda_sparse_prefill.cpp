@@ -1,12 +1,12 @@
-// The CUDA sparse prefill kernels (src/cuda/prefill/sparse_prefill*.cu: the SM80 mma.sync one
-// and the SM90 wgmma one, each on every case) run by the CPU harness on the params the library
-// builds (core::prepare_sparse_prefill), against the double-precision
-// reference with FlashMLA's tolerances, as tests/test_sparse_prefill.cpp checks the CPU kernel:
-// both d_qk, topk below / at / above the 32- and 64-column tiles and their multiples, topk > s_kv
-// (tiles with no valid column), head counts below / at / above the 16- and 64-head groups, lengths (some 0),
-// sink with +-inf entries, all-invalid rows, duplicated indices, non-contiguous inputs and
-// strides that are not multiples of 16 bytes (the element-wise copy path). NaN fills every kv
-// row that no valid in-length index references.
+// The CUDA sparse prefill kernels (src/cuda/prefill/sparse_prefill*.cu: the SM80 mma.sync one and
+// the SM90 wgmma one, each on every case) run by the CPU harness on the params the library builds
+// (core::prepare_sparse_prefill), against the double-precision reference with FlashMLA's
+// tolerances, as tests/test_sparse_prefill.cpp checks the CPU kernel: both d_qk, topk below / at /
+// above the 32- and 64-column tiles and their multiples, topk > s_kv (tiles with no valid column),
+// head counts below / at / above the 16- and 64-head groups, lengths (some 0), sink with +-inf
+// entries, all-invalid rows, duplicated indices, non-contiguous inputs and strides that are not
+// multiples of 16 bytes (the element-wise copy path). NaN fills every kv row that no valid
+// in-length index references.
 #include <gtest/gtest.h>
 
 #include <string>

@@ -1,4 +1,5 @@
-// Dense MLA decode on the GPU (the SM80 or SM90 kernel): the CUDA twin of cpu/decode/dense_decode.h.
+// Dense MLA decode on the GPU (the SM80 or SM90 kernel): the CUDA twin of
+// cpu/decode/dense_decode.h.
 #pragma once
 
 #include "core/decode_params.h"

@@ -3,7 +3,7 @@
 // walks its part's (request, block) range as the SM80 kernel does (sparse_decode_piece.cuh), one
 // 64-column schedule block per tile: the slots go to shared memory, the rows are gathered and
 // dequantised (FP8 V32 / MODEL1, or copied from a bf16 pool) by all 256 threads into
-// 128-byte-swizzled slabs — once per 64 heads (the SM80 kernel: per 16) — then S = Q K^T, online
+// 128-byte-swizzled slabs - once per 64 heads (the SM80 kernel: per 16) - then S = Q K^T, online
 // softmax, O += P V as common/wgmma_attention.cuh. Unsplit requests are finalised with the sink;
 // split pieces go to the accumulators for the combine.
 // Not yet: overlap of the gather with the wgmma (the dequantisation passes through registers, so
