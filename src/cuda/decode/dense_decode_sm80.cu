@@ -14,8 +14,7 @@
 #include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
 #include "cuda/decode/dense_decode_sm80.h"
-#include "cuda/decode/decode_grid.h"
-#include "flashmla/error.h"
+#include "cuda/decode/dense_decode_launch.h"
 
 FMLA_CUDA_NS_BEGIN
 
@@ -258,20 +257,11 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm80(const DenseDeco
 
 void launch_dense_decode_sm80(const DenseDecodeArgs& a, void* stream) {
   if (a.num_parts <= 0 || a.batch <= 0) return;
-  const int64_t rows_per_kv = int64_t{a.q_len} * (a.num_heads_q / a.num_heads_kv);
-  const int64_t blocks_x = a.num_heads_kv * ((rows_per_kv + kRows - 1) / kRows);
-  check_decode_grid(a.num_parts, blocks_x, "(KV head, 16-row tile) pairs");
-  const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(a.num_parts));
-  if (a.fp16) {
-#if defined(FLASH_MLA_DISABLE_FP16)
-    throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "q",
-                "bf16 (this build leaves out fp16 kernels: FLASH_MLA_DISABLE_FP16)", "fp16");
-#else
-    FMLA_LAUNCH(dense_decode_sm80<true>, grid, dim3(kThreads), kSmemBytes, stream, a);
-#endif
-  } else {
-    FMLA_LAUNCH(dense_decode_sm80<false>, grid, dim3(kThreads), kSmemBytes, stream, a);
-  }
+  const dim3 grid = dense_decode_grid(a, kRows, "(KV head, 16-row tile) pairs");
+  launch_for_dtype(a, [&](auto fp16) {
+    constexpr bool kFp16 = decltype(fp16)::value;
+    FMLA_LAUNCH(dense_decode_sm80<kFp16>, grid, dim3(kThreads), kSmemBytes, stream, a);
+  });
 }
 
 FMLA_CUDA_NS_END

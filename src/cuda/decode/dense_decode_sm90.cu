@@ -15,8 +15,7 @@
 #include "cuda/common/wgmma.cuh"
 #include "cuda/common/wgmma_attention.cuh"
 #include "cuda/decode/dense_decode_sm90.h"
-#include "cuda/decode/decode_grid.h"
-#include "flashmla/error.h"
+#include "cuda/decode/dense_decode_launch.h"
 
 FMLA_CUDA_NS_BEGIN
 
@@ -212,20 +211,11 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm90(const DenseDeco
 
 void launch_dense_decode_sm90(const DenseDecodeArgs& a, void* stream) {
   if (a.num_parts <= 0 || a.batch <= 0) return;
-  const int64_t rows_per_kv = int64_t{a.q_len} * (a.num_heads_q / a.num_heads_kv);
-  const int64_t blocks_x = a.num_heads_kv * ((rows_per_kv + kRows - 1) / kRows);
-  check_decode_grid(a.num_parts, blocks_x, "(KV head, 64-row tile) pairs");
-  const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(a.num_parts));
-  if (a.fp16) {
-#if defined(FLASH_MLA_DISABLE_FP16)
-    throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "q",
-                "bf16 (this build leaves out fp16 kernels: FLASH_MLA_DISABLE_FP16)", "fp16");
-#else
-    FMLA_LAUNCH(dense_decode_sm90<true>, grid, dim3(kThreads), kSmemBytes, stream, a);
-#endif
-  } else {
-    FMLA_LAUNCH(dense_decode_sm90<false>, grid, dim3(kThreads), kSmemBytes, stream, a);
-  }
+  const dim3 grid = dense_decode_grid(a, kRows, "(KV head, 64-row tile) pairs");
+  launch_for_dtype(a, [&](auto fp16) {
+    constexpr bool kFp16 = decltype(fp16)::value;
+    FMLA_LAUNCH(dense_decode_sm90<kFp16>, grid, dim3(kThreads), kSmemBytes, stream, a);
+  });
 }
 
 FMLA_CUDA_NS_END
