@@ -10,6 +10,7 @@
 
 #include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
+#include "cuda/prefill/sparse_prefill_epilogue.cuh"
 #include "cuda/prefill/sparse_prefill_sm80.h"
 
 FMLA_CUDA_NS_BEGIN
@@ -21,7 +22,6 @@ constexpr int kPad = 8;              // bf16 per row of padding: conflict-free l
 constexpr int kLdp = kTile + kPad;   // row stride of P
 constexpr int kLdo = kDv + kPad;     // row stride of the staged output
 constexpr float kInf = INFINITY;
-constexpr float kLn2 = 0.693147180559945309f;
 
 __host__ __device__ constexpr int row_stride(int d_qk) { return d_qk + kPad; }
 
@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* s_sum = s_max + kWarps * kHeads;
   int* s_valid = reinterpret_cast<int*>(s_sum + kWarps * kHeads);  // stage s at s * kTile
 
-  const int tid = static_cast<int>(threadIdx.x), warp = warp_id(), lane = lane_id();
+  const int warp = warp_id(), lane = lane_id();
   const int g = lane / 4, q4 = lane % 4;
   const int64_t groups = (a.num_heads_q + kHeads - 1) / kHeads;
   const int64_t block = block0 + static_cast<int64_t>(blockIdx.x);
@@ -151,53 +151,26 @@ __global__ void __launch_bounds__(kThreads, 1)
   FMLA_UNROLL
   for (int i = 0; i < 2; ++i) {
     const int hr = g + 8 * i;
-    float factor = 0.0f, max_logit = -kInf, lse = kInf;  // empty row: out 0
-    if (l[i] > 0.0f) {
-      max_logit = m[i] * kLn2;
-      lse = (m[i] + log2f(l[i])) * kLn2;
-      factor = 1.0f / l[i];
-      if (a.attn_sink && hr < nh) {  // an extra logit with a zero value vector
-        factor /= 1.0f + expf(a.attn_sink[h0 + hr] - lse);  // sink +inf: 0; -inf: unchanged
-      }
-    }
+    const float factor =
+        sparse_prefill::finish_row(a, tok, h0, hr, nh, m[i], l[i], warp == 0 && q4 == 0);
     FMLA_UNROLL
     for (int nt = 0; nt < 16; ++nt) {
       *reinterpret_cast<uint32_t*>(so + hr * kLdo + 128 * warp + 8 * nt + 2 * q4) =
           pack_bf16x2(o[nt][2 * i] * factor, o[nt][2 * i + 1] * factor);
     }
-    if (warp == 0 && q4 == 0 && hr < nh) {
-      const int64_t h = h0 + hr;
-      a.max_logits[tok * a.max_logits_stride[0] + h * a.max_logits_stride[1]] = max_logit;
-      a.lse[tok * a.lse_stride[0] + h * a.lse_stride[1]] = lse;
-    }
   }
   __syncthreads();
-  constexpr int kOutChunks = kDv / 8;
-  for (int it = tid; it < kHeads * kOutChunks; it += kThreads) {
-    const int row = it / kOutChunks, c = it % kOutChunks;
-    if (row >= nh) continue;
-    const uint16_t* src = so + row * kLdo + 8 * c;
-    uint16_t* dst = a.out + tok * a.out_stride[0] + (h0 + row) * a.out_stride[1] + 8 * c;
-    if (a.out_aligned) {
-      *reinterpret_cast<Bytes16*>(dst) = *reinterpret_cast<const Bytes16*>(src);
-    } else {
-      FMLA_UNROLL
-      for (int e = 0; e < 8; ++e) dst[e] = src[e];
-    }
-  }
+  sparse_prefill::store_rows<kThreads>(a, so, kLdo, tok, h0, nh);
 }
 
 void launch_sparse_prefill_sm80(const SparsePrefillKernelArgs& a, void* stream) {
-  const int64_t blocks = a.q_len * ((a.num_heads_q + kHeads - 1) / kHeads);
-  constexpr int64_t kMaxGrid = int64_t{1} << 30;  // below gridDim.x's 2^31 - 1
-  for (int64_t b0 = 0; b0 < blocks; b0 += kMaxGrid) {
-    const dim3 grid(static_cast<unsigned>(blocks - b0 < kMaxGrid ? blocks - b0 : kMaxGrid));
+  sparse_prefill::launch_in_chunks(a, kHeads, [&](dim3 grid, int64_t b0) {
     if (a.d_qk == 576) {
       FMLA_LAUNCH(sparse_prefill_sm80<576>, grid, dim3(kThreads), smem_bytes(576), stream, a, b0);
     } else {
       FMLA_LAUNCH(sparse_prefill_sm80<512>, grid, dim3(kThreads), smem_bytes(512), stream, a, b0);
     }
-  }
+  });
 }
 
 FMLA_CUDA_NS_END

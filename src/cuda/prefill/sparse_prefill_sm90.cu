@@ -15,6 +15,7 @@
 #include "cuda/common/portable.h"
 #include "cuda/common/wgmma.cuh"
 #include "cuda/common/wgmma_attention.cuh"
+#include "cuda/prefill/sparse_prefill_epilogue.cuh"
 #include "cuda/prefill/sparse_prefill_sm90.h"
 
 FMLA_CUDA_NS_BEGIN
@@ -42,7 +43,6 @@ static_assert(smem_bytes(576) <= 227 * 1024, "fits the 227 KiB per block of sm_9
 #if defined(FMLA_SM90_BODY)
 constexpr int kLdo = kDv + 8;  // row stride (bf16) of the staged output
 constexpr float kInf = INFINITY;
-constexpr float kLn2 = 0.693147180559945309f;
 static_assert(kRows * kLdo * 2 <= kStages * slabs(512) * kSlab, "output staging fits");
 
 template <int kD>
@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   int* s_valid = reinterpret_cast<int*>(s_sum + 2 * kRows);  // stage s at s * kTile
   const uint32_t q_addr = smem_address(sq);
 
-  const int tid = static_cast<int>(threadIdx.x), lane = lane_id();
+  const int lane = lane_id();
   const Place pl = place();
   const int64_t groups = (a.num_heads_q + kRows - 1) / kRows;
   const int64_t block = block0 + static_cast<int64_t>(blockIdx.x);
@@ -142,56 +142,29 @@ __global__ void __launch_bounds__(kThreads, 1)
   FMLA_UNROLL
   for (int h = 0; h < 2; ++h) {
     const int hr = pl.rows[h];
-    float factor = 0.0f, max_logit = -kInf, lse = kInf;  // empty row: out 0
-    if (l[h] > 0.0f) {
-      max_logit = m[h] * kLn2;
-      lse = (m[h] + log2f(l[h])) * kLn2;
-      factor = 1.0f / l[h];
-      if (a.attn_sink && hr < nh) {  // an extra logit with a zero value vector
-        factor /= 1.0f + expf(a.attn_sink[h0 + hr] - lse);  // sink +inf: 0; -inf: unchanged
-      }
-    }
+    const float factor =
+        sparse_prefill::finish_row(a, tok, h0, hr, nh, m[h], l[h], pl.wg == 0 && pl.q4 == 0);
     FMLA_UNROLL
     for (int nt = 0; nt < 32; ++nt) {
       *reinterpret_cast<uint32_t*>(so + hr * kLdo + 256 * pl.wg + 8 * nt + 2 * pl.q4) =
           pack_bf16x2(o[4 * nt + 2 * h] * factor, o[4 * nt + 2 * h + 1] * factor);
     }
-    if (pl.wg == 0 && pl.q4 == 0 && hr < nh) {
-      const int64_t head = h0 + hr;
-      a.max_logits[tok * a.max_logits_stride[0] + head * a.max_logits_stride[1]] = max_logit;
-      a.lse[tok * a.lse_stride[0] + head * a.lse_stride[1]] = lse;
-    }
   }
   __syncthreads();
-  constexpr int kOutChunks = kDv / 8;
-  for (int it = tid; it < kRows * kOutChunks; it += kThreads) {
-    const int row = it / kOutChunks, c = it % kOutChunks;
-    if (row >= nh) continue;
-    const uint16_t* src = so + row * kLdo + 8 * c;
-    uint16_t* dst = a.out + tok * a.out_stride[0] + (h0 + row) * a.out_stride[1] + 8 * c;
-    if (a.out_aligned) {
-      *reinterpret_cast<Bytes16*>(dst) = *reinterpret_cast<const Bytes16*>(src);
-    } else {
-      FMLA_UNROLL
-      for (int e = 0; e < 8; ++e) dst[e] = src[e];
-    }
-  }
+  sparse_prefill::store_rows<kThreads>(a, so, kLdo, tok, h0, nh);
 #else
   (void)a, (void)block0;  // not an sm_90a target: never launched there (see wgmma.cuh)
 #endif
 }
 
 void launch_sparse_prefill_sm90(const SparsePrefillKernelArgs& a, void* stream) {
-  const int64_t blocks = a.q_len * ((a.num_heads_q + kRows - 1) / kRows);
-  constexpr int64_t kMaxGrid = int64_t{1} << 30;  // below gridDim.x's 2^31 - 1
-  for (int64_t b0 = 0; b0 < blocks; b0 += kMaxGrid) {
-    const dim3 grid(static_cast<unsigned>(blocks - b0 < kMaxGrid ? blocks - b0 : kMaxGrid));
+  sparse_prefill::launch_in_chunks(a, kRows, [&](dim3 grid, int64_t b0) {
     if (a.d_qk == 576) {
       FMLA_LAUNCH(sparse_prefill_sm90<576>, grid, dim3(kThreads), smem_bytes(576), stream, a, b0);
     } else {
       FMLA_LAUNCH(sparse_prefill_sm90<512>, grid, dim3(kThreads), smem_bytes(512), stream, a, b0);
     }
-  }
+  });
 }
 
 FMLA_CUDA_NS_END
