@@ -33,6 +33,21 @@ __device__ __forceinline__ int64_t num_blocks(const SparseDecodeArgs& a, int r) 
   return main_blocks(a, r) + extra;
 }
 
+// The CTA's place in the grid: blockIdx.x is (query token, group of `rows` heads), head groups
+// fastest so that the CTAs reading the same rows run side by side; blockIdx.y the schedule part.
+struct SparseDecodeCta {
+  int part, s, h0, nh;  // query token s, heads h0 .. h0 + nh - 1 (nh <= rows)
+};
+__device__ __forceinline__ SparseDecodeCta sparse_decode_cta(const SparseDecodeArgs& a, int rows) {
+  const int groups = (a.num_heads_q + rows - 1) / rows;
+  SparseDecodeCta c;
+  c.part = static_cast<int>(blockIdx.y);
+  c.s = static_cast<int>(blockIdx.x) / groups;
+  c.h0 = static_cast<int>(blockIdx.x) % groups * rows;
+  c.nh = a.num_heads_q - c.h0 < rows ? a.num_heads_q - c.h0 : rows;
+  return c;
+}
+
 struct SparseDecodePiece {
   int64_t blk0, blk1, n_main;  // blocks [blk0, blk1) of the request; the first n_main are main
   bool split;                  // a piece of a split request: to the accumulators

@@ -66,13 +66,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm80(const SparseDe
 
   const int warp = warp_id(), lane = lane_id();
   const int g = lane / 4, q4 = lane % 4;
-  // blockIdx.x: (query token, head group), head groups fastest so that the CTAs reading the
-  // same rows run side by side; blockIdx.y: the schedule part.
-  const int groups = (a.num_heads_q + kHeads - 1) / kHeads;
-  const int part = static_cast<int>(blockIdx.y), s = static_cast<int>(blockIdx.x) / groups;
-  const int h0 = static_cast<int>(blockIdx.x) % groups * kHeads;
-  const int nh = a.num_heads_q - h0 < kHeads ? a.num_heads_q - h0 : kHeads;
-  const int32_t* rec = a.sched + 8 * part;
+  const SparseDecodeCta cta = sparse_decode_cta(a, kHeads);
+  const int s = cta.s, h0 = cta.h0, nh = cta.nh;
+  const int32_t* rec = a.sched + 8 * cta.part;
   const int begin_req = rec[0], end_req = rec[1];
 
   for (int r = begin_req < 0 ? 0 : begin_req; r <= end_req && r < a.batch; ++r) {

@@ -74,13 +74,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm90(const SparseDe
 
   const int lane = lane_id();
   const Place pl = place();
-  // blockIdx.x: (query token, head group), head groups fastest so that the CTAs reading the
-  // same rows run side by side; blockIdx.y: the schedule part.
-  const int groups = (a.num_heads_q + kRows - 1) / kRows;
-  const int part = static_cast<int>(blockIdx.y), s = static_cast<int>(blockIdx.x) / groups;
-  const int h0 = static_cast<int>(blockIdx.x) % groups * kRows;
-  const int nh = a.num_heads_q - h0 < kRows ? a.num_heads_q - h0 : kRows;
-  const int32_t* rec = a.sched + 8 * part;
+  const SparseDecodeCta cta = sparse_decode_cta(a, kRows);
+  const int s = cta.s, h0 = cta.h0, nh = cta.nh;
+  const int32_t* rec = a.sched + 8 * cta.part;
   const int begin_req = rec[0], end_req = rec[1];
 
   for (int r = begin_req < 0 ? 0 : begin_req; r <= end_req && r < a.batch; ++r) {
