@@ -98,8 +98,15 @@ Desc decode(uint64_t v, const char* which) {
   return {field(0), field(16), field(32), static_cast<int>(v >> 62)};
 }
 
+// The block's shared memory, looked up once per operation.
+struct Smem {
+  const unsigned char* base;
+  size_t bytes;
+};
+
 // Element (mn, k) of an operand (mn: row of A or column of B).
-float element(const Desc& d, bool mn_major, int mn, int k, MmaType type, const char* which) {
+float element(const Smem& sm, const Desc& d, bool mn_major, int mn, int k, MmaType type,
+              const char* which) {
   uint32_t a = 0;
   if (d.swizzle == 0) {
     if (mn_major) {
@@ -122,28 +129,42 @@ float element(const Desc& d, bool mn_major, int mn, int k, MmaType type, const c
                  : d.start + (mn / 8) * d.sbo + (mn % 8) * 128 + k * 2;
     a ^= ((a >> 7) & 7u) << 4;
   }
-  if (a + 2 > dynamic_smem_bytes()) {
+  if (a + 2 > sm.bytes) {
     fail((std::string("wgmma: ") + which + " reads outside the block's shared memory").c_str());
   }
   uint16_t bits;
-  std::memcpy(&bits, static_cast<const unsigned char*>(dynamic_smem()) + a, 2);
+  std::memcpy(&bits, sm.base + a, 2);
   return mma_element(bits, type);
 }
 
 // The product A B at this thread's accumulator positions, from shared memory as it is now
-// (products of 16-bit floats and their sums are exact in double).
+// (products of 16-bit floats and their sums are exact in double). Accumulator i of the thread
+// is row 16 warp + lane / 4 + 8 ((i % 4) / 2), column 8 (i / 4) + 2 (lane % 4) + i % 2: two rows
+// of A and n / 4 columns of B, each read once.
 std::vector<double> products(const WgmmaOp& op) {
   const Desc a = decode(op.desc_a, "A"), b = decode(op.desc_b, "B");
+  const Smem sm{static_cast<const unsigned char*>(dynamic_smem()), dynamic_smem_bytes()};
   const int linear = thread_linear(), lane = linear & 31, warp = (linear >> 5) & 3;
+  constexpr int kK = 16;
+  float rows[2][kK];
+  for (int h = 0; h < 2; ++h) {
+    for (int k = 0; k < kK; ++k) {
+      rows[h][k] = element(sm, a, op.trans_a, 16 * warp + lane / 4 + 8 * h, k, op.type, "A");
+    }
+  }
+  std::vector<float> cols(static_cast<size_t>(op.n / 4) * kK);  // column j = 2 (i / 4) + i % 2
+  for (int j = 0; j < op.n / 4; ++j) {
+    for (int k = 0; k < kK; ++k) {
+      cols[static_cast<size_t>(j) * kK + k] =
+          element(sm, b, op.trans_b, 8 * (j / 2) + 2 * (lane % 4) + j % 2, k, op.type, "B");
+    }
+  }
   std::vector<double> p(static_cast<size_t>(op.n / 2));
   for (int i = 0; i < op.n / 2; ++i) {
-    const int row = 16 * warp + lane / 4 + 8 * ((i % 4) / 2);
-    const int col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+    const float* x = rows[(i % 4) / 2];
+    const float* y = &cols[static_cast<size_t>(2 * (i / 4) + i % 2) * kK];
     double s = 0.0;
-    for (int k = 0; k < 16; ++k) {
-      s += static_cast<double>(element(a, op.trans_a, row, k, op.type, "A")) *
-           element(b, op.trans_b, col, k, op.type, "B");
-    }
+    for (int k = 0; k < kK; ++k) s += static_cast<double>(x[k]) * y[k];
     p[static_cast<size_t>(i)] = s;
   }
   return p;
