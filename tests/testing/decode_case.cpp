@@ -89,7 +89,7 @@ DenseDecodeData make_dense_decode_data(const DenseDecodeCase& c) {
   d.k_cache = HostTensor::empty(
       c.dtype, {c.batch * blocks_per_seq, page, c.num_heads_kv, kDenseHeadDimQK});
   std::mt19937_64 k_rng = make_stream(c.seed, kKeys);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
+  FastNormal normal(k_rng);
   const TensorView& kc = d.k_cache.view();
   for (int64_t i = 0; i < c.batch; ++i) {
     for (int64_t t = 0; t < d.seqlens[i]; ++t) {
@@ -97,7 +97,7 @@ DenseDecodeData make_dense_decode_data(const DenseDecodeCase& c) {
       for (int64_t h = 0; h < c.num_heads_kv; ++h) {
         const int64_t base = element_offset(kc, {block, t % page, h, 0});
         for (int64_t ch = 0; ch < kDenseHeadDimQK; ++ch) {
-          store_float(kc, base + ch, std::clamp(0.1f * normal(k_rng), -1.0f, 1.0f));
+          store_float(kc, base + ch, std::clamp(0.1f * normal(), -1.0f, 1.0f));
         }
       }
     }

@@ -8,6 +8,7 @@
 
 #include "cpu/common/half.h"
 #include "flashmla/error.h"
+#include "testing/random_data.h"
 
 namespace flashmla::testing {
 
@@ -146,9 +147,9 @@ void HostTensor::fill(float value) {
 }
 
 void HostTensor::fill_randn(std::mt19937_64& rng, float stddev, float clamp) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
+  FastNormal normal(rng);
   for_each_element(view_, [&](const int64_t*, int64_t offset) {
-    store_float(view_, offset, std::clamp(stddev * normal(rng), -clamp, clamp));
+    store_float(view_, offset, std::clamp(stddev * normal(), -clamp, clamp));
   });
 }
 

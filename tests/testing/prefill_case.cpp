@@ -36,9 +36,9 @@ int32_t invalid_marker(std::mt19937_64& rng, int64_t s_kv) {
 // Fills a (rows, cols) view with clamp(N(0,1)/10 + u, -10, 10), u ~ U(-0.05, 0.05) drawn once.
 void fill_shifted_randn(const TensorView& v, std::mt19937_64& rng) {
   const float u = std::uniform_real_distribution<float>(-0.05f, 0.05f)(rng);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
+  FastNormal normal(rng);
   for_each_element(v, [&](const int64_t*, int64_t off) {
-    store_float(v, off, std::clamp(0.1f * normal(rng) + u, -10.0f, 10.0f));
+    store_float(v, off, std::clamp(0.1f * normal() + u, -10.0f, 10.0f));
   });
 }
 
