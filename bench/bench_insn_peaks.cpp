@@ -6,12 +6,16 @@
 //
 // peak.insn_fma_fp32   vfmadd231ps zmm: 32 FLOP per instruction (AVX-512 level and above)
 // peak.insn_dpbf16     vdpbf16ps zmm: 64 FLOP per instruction (AVX512-BF16 level)
+// peak.insn_tdpbf16ps  tdpbf16ps on 16 x 64-byte tiles: 16 x 16 x 32 x 2 = 16384 FLOP per
+//                      instruction, four independent accumulator tiles (amx level, on the real
+//                      instructions only: the emulation, FLASHMLA_ISA=amx-emulated, is no peak)
 // Each is registered only where the process's ISA level (FLASHMLA_ISA caps it) has it.
 #include <immintrin.h>
 #include <omp.h>
 
 #include "bench_cases.h"
 #include "bench_util.h"
+#include "cpu/common/amx_tiles.h"
 #include "cpu/common/isa.h"
 
 // GCC 12 reports its own intrinsics' `_mm512_undefined_*()` operands as uninitialised when they
@@ -54,17 +58,49 @@ __attribute__((target("avx512f,avx512bf16"))) float dpbf16_loop(long steps, floa
   return _mm512_reduce_add_ps(s);
 }
 
-void add_insn_peak(const char* name, float (*loop)(long, float), double flops_per_insn) {
-  add(name, [loop, flops_per_insn](benchmark::State& st) {
+// tmm0-3 accumulate the products of tmm4/tmm5 (rows) with tmm6/tmm7 (pairs): four independent
+// chains, each fed by operands that stay in the tiles. The operands are small bf16 values so the
+// sums stay finite; the first accumulator is stored so the work is observable.
+constexpr int kTdpPerStep = 4;
+constexpr long kTdpSteps = 1 << 16;  // 256 Ki tdpbf16ps per thread per iteration
+constexpr double kTdpFlops = 16.0 * 16 * 32 * 2;
+
+float tdpbf16ps_loop(long steps, float seed) {
+  alignas(64) static const cpu::amx::TileConfig cfg = cpu::amx::full_tile_config();
+  alignas(64) uint16_t operand[16 * 32];
+  for (uint16_t& v : operand) v = 0x3a80;  // bf16 ~0.000977
+  alignas(64) float out[16 * 16];
+  asm volatile("ldtilecfg %0" ::"m"(cfg));
+  asm volatile(
+      "tilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\ttilezero %%tmm3\n\t"
+      "tileloadd (%0,%1,1), %%tmm4\n\ttileloadd (%0,%1,1), %%tmm5\n\t"
+      "tileloadd (%0,%1,1), %%tmm6\n\ttileloadd (%0,%1,1), %%tmm7" ::"r"(operand),
+      "r"(size_t{64})
+      : "memory");
+  for (long k = 0; k < steps; ++k) {
+    asm volatile(
+        "tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm4, %%tmm1\n\t"
+        "tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n\ttdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::
+            : "memory");
+  }
+  asm volatile("tilestored %%tmm0, (%0,%1,1)\n\ttilerelease" ::"r"(out), "r"(size_t{64})
+               : "memory");
+  return out[0] + seed;
+}
+
+// `loop(steps, seed)` runs `steps` steps of `flops_per_step` FLOP on every thread.
+void add_insn_peak(const char* name, float (*loop)(long, float), long steps,
+                   double flops_per_step) {
+  add(name, [loop, steps, flops_per_step](benchmark::State& st) {
     guarded(st, [&] {
       const int threads = resolved_threads();
       for (auto _ : st) {
         float sink = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
-        sink += loop(kSteps, 1e-3f * omp_get_thread_num());
+        sink += loop(steps, 1e-3f * omp_get_thread_num());
         benchmark::DoNotOptimize(sink);
       }
-      report(st, flops_per_insn * kAcc * kSteps * threads, 0.0, 1);
+      report(st, flops_per_step * steps * threads, 0.0, 1);
     });
   });
 }
@@ -75,8 +111,11 @@ void add_insn_peak(const char* name, float (*loop)(long, float), double flops_pe
 
 void add_insn_peaks() {
   const cpu::Isa isa = cpu::active_isa();
-  if (isa >= cpu::Isa::avx512) add_insn_peak("peak.insn_fma_fp32", fma_loop, 32);
-  if (isa >= cpu::Isa::avx512bf16) add_insn_peak("peak.insn_dpbf16", dpbf16_loop, 64);
+  if (isa >= cpu::Isa::avx512) add_insn_peak("peak.insn_fma_fp32", fma_loop, kSteps, 32.0 * kAcc);
+  if (isa >= cpu::Isa::avx512bf16)
+    add_insn_peak("peak.insn_dpbf16", dpbf16_loop, kSteps, 64.0 * kAcc);
+  if (isa >= cpu::Isa::amx && !cpu::amx_emulated())
+    add_insn_peak("peak.insn_tdpbf16ps", tdpbf16ps_loop, kTdpSteps, kTdpFlops * kTdpPerStep);
 }
 
 }  // namespace flashmla::bench

@@ -5,10 +5,10 @@ The benchmark binary is run twice, natively (the best microkernel CPUID allows) 
 FLASHMLA_ISA=portable (the microkernel is chosen once per process, capped by that variable).
 Each run measures its own machine limits (peak.dram_read_*: DRAM read bandwidth;
 peak.insn_*: the instruction peak of the products' arithmetic, register-resident FMA / VDPBF16PS
-loops, the fastest taken as the compute peak; peak.matrix_qk_*: the microkernel's qk on
-L1-resident operands, reported beside it and used as the peak only where no instruction peak
-exists; all the fastest repetition) next to the operation cases, which report FlashMLA's
-FLOPs and bytes per call (the median repetition is used).
+loops and, on AMX, TDPBF16PS on resident tiles, the fastest taken as the compute peak;
+peak.matrix_qk_*: the microkernel's qk on L1-resident operands, reported beside it and used as
+the peak only where no instruction peak exists; all the fastest repetition) next to the
+operation cases, which report FlashMLA's FLOPs and bytes per call (the median repetition is used).
 
 Per case and run: kernel (microkernel), ISA cap, threads, median µs, TFLOP/s, GB/s, arithmetic
 intensity, roofline = min(compute peak, intensity x DRAM bandwidth) with the native run's peaks
@@ -105,8 +105,8 @@ def parse_run(doc: dict) -> tuple[dict, dict, list[str]]:
         name, r = max(cands, key=lambda nr: nr[1]["flops"] / nr[1]["us"])
         return name, r["flops"] / (r["us"] * 1e-6)
 
-    # The compute ceiling: the instruction peak (register-resident VDPBF16PS / FMA loops) where
-    # the run has one, else the microkernel's own qk peak (the portable run).
+    # The compute ceiling: the instruction peak (register-resident FMA / VDPBF16PS / TDPBF16PS)
+    # where the run has one, else the microkernel's own qk peak (the portable run).
     qk_name, qk_rate = fastest("peak.matrix")
     insn_name, insn_rate = fastest("peak.insn")
     if qk_rate:
