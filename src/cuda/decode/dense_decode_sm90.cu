@@ -16,6 +16,7 @@
 #include "cuda/common/wgmma_attention.cuh"
 #include "cuda/decode/dense_decode_sm90.h"
 #include "cuda/decode/dense_decode_launch.h"
+#include "cuda/decode/dense_decode_piece.cuh"
 
 FMLA_CUDA_NS_BEGIN
 
@@ -34,25 +35,15 @@ static_assert(kSmemBytes <= 227 * 1024, "fits the 227 KiB per block of sm_90");
 
 #if defined(FMLA_SM90_BODY)
 constexpr int kChunks = kDqk / 8;   // 16-byte chunks per row
-constexpr int kSchedBlock = 64;     // tokens per block of the split-KV schedule
 constexpr float kInf = INFINITY;
-
-__device__ __forceinline__ int64_t clamp64(int64_t x, int64_t lo, int64_t hi) {
-  return x < lo ? lo : (x > hi ? hi : x);
-}
 
 // The 64 query rows row0.. of KV head g of request r (rows past rows_per_kv are zeros).
 __device__ __forceinline__ void load_q(const DenseDecodeArgs& a, int r, int g, int row0,
                                        int rows_per_kv, unsigned char* sq) {
-  const int hpk = a.num_heads_q / a.num_heads_kv;
   for (int it = static_cast<int>(threadIdx.x); it < kRows * kChunks; it += kThreads) {
     const int row = it / kChunks, c = it % kChunks, i = row0 + row;
     const bool valid = i < rows_per_kv;
-    const uint16_t* src = a.q;
-    if (valid) {
-      src += r * a.q_stride[0] + (i / hpk) * a.q_stride[1] + (g * hpk + i % hpk) * a.q_stride[2] +
-             8 * c;
-    }
+    const uint16_t* src = valid ? q_row_chunk(a, r, g, i, c) : a.q;
     copy16(slab_chunk(sq, row, c), src, valid, a.q_aligned);
   }
 }
@@ -96,34 +87,18 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm90(const DenseDeco
   const uint32_t q_addr = smem_address(sq);
 
   const Place pl = place();
-  const int hpk = a.num_heads_q / a.num_heads_kv;
-  const int rows_per_kv = a.q_len * hpk;
-  const int row_tiles = (rows_per_kv + kRows - 1) / kRows;
-  // blockIdx.x: (KV head, row tile), row tiles fastest so that the CTAs reading the same KV
-  // tiles run side by side; blockIdx.y: the schedule part.
-  const int g = static_cast<int>(blockIdx.x) / row_tiles;
-  const int row0 = (static_cast<int>(blockIdx.x) % row_tiles) * kRows;
-  const int* rec = a.sched + 8 * static_cast<int>(blockIdx.y);
-  const int begin_req = rec[0], end_req = rec[1], begin_blk = rec[2], end_blk = rec[3];
-  const int begin_split = rec[4];
-  const bool first_split = rec[5] != 0, last_split = rec[6] != 0;
+  const DenseDecodeCta cta = dense_decode_cta(a, kRows);
+  const int hpk = cta.hpk, rows_per_kv = cta.rows_per_kv, g = cta.g, row0 = cta.row0;
+  const int begin_req = cta.rec[0], end_req = cta.rec[1];
   // The query tokens of this thread's two accumulator rows.
   const int tok_of[2] = {(row0 + pl.rows[0]) / hpk, (row0 + pl.rows[1]) / hpk};
 
-  // Lengths, schedule records and num_splits are device data that no host check has seen: each
-  // is clamped to what the tensors hold (a length to the block table's reach, a piece to its
-  // request, a split slot to the accumulators), so a corrupt value never leads outside them.
-  const int64_t reach = int64_t{a.max_blocks_per_seq} * a.page_block_size;
+  // Device values are clamped to the tensors (dense_decode_piece.cuh).
   for (int r = begin_req < 0 ? 0 : begin_req; r <= end_req && r < a.batch; ++r) {
-    const int seqlen = static_cast<int>(clamp64(a.cache_seqlens[r], 0, reach));
-    const bool is_begin = r == begin_req, is_end = r == end_req;
-    const int64_t blk0 = is_begin ? begin_blk : 0;
-    const int64_t blk1 = is_end ? end_blk : (seqlen > 0 ? (seqlen - 1) / kSchedBlock : 0) + 1;
-    const bool split = is_begin ? first_split : (is_end && last_split);
-    const int64_t slot = int64_t{a.num_splits[r]} + (is_begin ? begin_split : 0);
-    const bool slot_ok = slot >= 0 && slot < a.num_accum_slots;
-    const int tok0 = static_cast<int>(clamp64(blk0 * kSchedBlock, 0, seqlen));
-    const int tok1 = static_cast<int>(clamp64(blk1 * kSchedBlock, tok0, seqlen));
+    const DenseDecodePiece piece = dense_decode_piece(a, cta.rec, r);
+    const int seqlen = piece.seqlen, tok0 = piece.tok0, tok1 = piece.tok1;
+    const bool split = piece.split, slot_ok = piece.slot_ok;
+    const int64_t slot = piece.slot;
     const int n_tiles = (tok1 - tok0 + kTile - 1) / kTile;
     // Last visible key of each row (causal: bottom-right aligned).
     int last[2];
