@@ -43,19 +43,64 @@ std::vector<double> gather_keys(const MlaDecodeArgs& a, int64_t i, int64_t kv_he
 }
 
 // Logits scale·<q_h, k_j> of the `group` query heads sharing one KV head, for keys j < visible:
-// logits[j * group + h]. `queries` is channel-major (queries[c * group + h]) so the innermost
-// loop runs over heads; each dot product still sums its channels in order 0, 1, ..., d_qk - 1.
+// logits[j * group + h]. `queries` is head-major (queries[h * d_qk + c]); each dot product sums
+// its channels in order 0, 1, ..., d_qk - 1 in its own accumulator (four keys at a time, so that
+// each query element loaded serves four products).
 void group_logits(const std::vector<double>& queries, const std::vector<double>& keys,
                   int64_t group, int64_t d_qk, int64_t visible, double scale,
                   std::vector<double>& logits) {
-  for (int64_t j = 0; j < visible; ++j) {
-    double* row = &logits[j * group];
-    std::fill(row, row + group, 0.0);
-    for (int64_t c = 0; c < d_qk; ++c) {
-      const double k = keys[j * d_qk + c];
-      for (int64_t h = 0; h < group; ++h) row[h] += queries[c * group + h] * k;
+  int64_t j = 0;
+  for (; j + 4 <= visible; j += 4) {
+    const double* k0 = &keys[j * d_qk];
+    const double *k1 = k0 + d_qk, *k2 = k1 + d_qk, *k3 = k2 + d_qk;
+    for (int64_t h = 0; h < group; ++h) {
+      const double* q = &queries[h * d_qk];
+      double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (int64_t c = 0; c < d_qk; ++c) {
+        const double qc = q[c];
+        s0 += qc * k0[c];
+        s1 += qc * k1[c];
+        s2 += qc * k2[c];
+        s3 += qc * k3[c];
+      }
+      logits[j * group + h] = s0 * scale;
+      logits[(j + 1) * group + h] = s1 * scale;
+      logits[(j + 2) * group + h] = s2 * scale;
+      logits[(j + 3) * group + h] = s3 * scale;
     }
-    for (int64_t h = 0; h < group; ++h) row[h] *= scale;
+  }
+  for (; j < visible; ++j) {
+    const double* k = &keys[j * d_qk];
+    for (int64_t h = 0; h < group; ++h) {
+      const double* q = &queries[h * d_qk];
+      double s = 0;
+      for (int64_t c = 0; c < d_qk; ++c) s += q[c] * k[c];
+      logits[j * group + h] = s * scale;
+    }
+  }
+}
+
+// acc[c] += Σ_j p[j] · keys[j][c] for c < d_v, the keys j < n added in order (four at a time:
+// one load and store of acc[c] per four keys).
+void weighted_sum(const std::vector<double>& p, const std::vector<double>& keys, int64_t n,
+                  int64_t d_qk, int64_t d_v, std::vector<double>& acc) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const double* k0 = &keys[j * d_qk];
+    const double *k1 = k0 + d_qk, *k2 = k1 + d_qk, *k3 = k2 + d_qk;
+    const double p0 = p[j], p1 = p[j + 1], p2 = p[j + 2], p3 = p[j + 3];
+    for (int64_t c = 0; c < d_v; ++c) {
+      double a = acc[c];
+      a += p0 * k0[c];
+      a += p1 * k1[c];
+      a += p2 * k2[c];
+      a += p3 * k3[c];
+      acc[c] = a;
+    }
+  }
+  for (; j < n; ++j) {
+    const double* k = &keys[j * d_qk];
+    for (int64_t c = 0; c < d_v; ++c) acc[c] += p[j] * k[c];
   }
 }
 
@@ -78,6 +123,7 @@ void dense_decode(const MlaDecodeArgs& a) {
       std::vector<double> queries(static_cast<size_t>(d_qk * group));
       std::vector<double> logits(static_cast<size_t>(seqlen * group));
       std::vector<double> acc(static_cast<size_t>(d_v));
+      std::vector<double> p(static_cast<size_t>(seqlen));  // one row's probabilities
       for (int64_t s = 0; s < s_q; ++s) {
         // Bottom-right aligned causal window: token s sees keys j <= seqlen - s_q + s.
         const int64_t visible = causal ? std::clamp<int64_t>(seqlen - s_q + s + 1, 0, seqlen)
@@ -86,7 +132,7 @@ void dense_decode(const MlaDecodeArgs& a) {
           const int64_t h = g * group + hg;
           const int64_t q_base = i * q.strides[0] + s * q.strides[1] + h * q.strides[2];
           for (int64_t c = 0; c < d_qk; ++c) {
-            queries[c * group + hg] = load(q, q_base + c * q.strides[3]);
+            queries[hg * d_qk + c] = load(q, q_base + c * q.strides[3]);
           }
         }
         group_logits(queries, keys, group, d_qk, visible, scale, logits);
@@ -105,10 +151,8 @@ void dense_decode(const MlaDecodeArgs& a) {
               sum += std::exp(logits[j * group + hg] - max_logit);
             }
             row_lse = max_logit + std::log(sum);
-            for (int64_t j = 0; j < visible; ++j) {
-              const double p = std::exp(logits[j * group + hg] - row_lse);
-              for (int64_t c = 0; c < d_v; ++c) acc[c] += p * keys[j * d_qk + c];
-            }
+            for (int64_t j = 0; j < visible; ++j) p[j] = std::exp(logits[j * group + hg] - row_lse);
+            weighted_sum(p, keys, visible, d_qk, d_v, acc);
           }
           const int64_t o_base = i * out.strides[0] + s * out.strides[1] + h * out.strides[2];
           for (int64_t c = 0; c < d_v; ++c) store(out, o_base + c * out.strides[3], acc[c]);
