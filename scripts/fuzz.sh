@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (fuzz/fuzz_*.cpp; clang, with ASan + UBSan over the whole library)
-# and runs each for a fixed time. Each starts from the inputs that once found a bug
-# (fuzz/corpus/<target>/, kept as regression cases) and from a seed corpus
+# and runs each for a fixed time, one target per core at a time (FUZZ_JOBS, default nproc). Each
+# starts from the inputs that once found a bug (fuzz/corpus/<target>/, kept as regression cases)
+# and from a seed corpus
 # (fuzz/seeds/<target>.tar.gz: a 3-minute-per-target run minimised with -merge=1, unpacked into
 # <build>/corpus-<target>/), then mutates. The committed files are only read; new inputs go to
 # <build>/corpus-<target>/. A crash, a sanitizer report or a timeout fails the run and leaves
@@ -23,20 +24,30 @@ cmake --build "$build" -j "$(nproc)"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-total=0
-for bin in "$build"/fuzz_*; do
-  [ -x "$bin" ] || continue
+fuzz_one() {  # <binary> <seconds>: one target; its log printed on failure
+  local bin=$1 secs=$2 name build log runs cov
   name=$(basename "$bin")
+  build=$(dirname "$bin")
   mkdir -p "fuzz/corpus/$name" "$build/corpus-$name"
   if [ -f "fuzz/seeds/$name.tar.gz" ]; then tar -xzf "fuzz/seeds/$name.tar.gz" -C "$build/corpus-$name"; fi
   log="$build/$name.log"
   if ! "$bin" -max_total_time="$secs" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
        -artifact_prefix="$build/$name-" "$build/corpus-$name" "fuzz/corpus/$name" >"$log" 2>&1; then
-    echo "fuzz: FAIL $name"; tail -n 80 "$log"; exit 1
+    echo "fuzz: FAIL $name"; tail -n 80 "$log"; return 1
   fi
   runs=$(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" | grep -Eo '[0-9]+$' || echo 0)
   cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -1 | grep -Eo '[0-9]+' || echo "?")
-  total=$((total + runs))
   echo "fuzz: ok   $name: $runs executions in ${secs} s, coverage $cov edges, no findings"
+}
+export -f fuzz_one
+targets=()
+for bin in "$build"/fuzz_*; do
+  [ -f "$bin" ] && [ -x "$bin" ] && targets+=("$bin")
 done
-echo "fuzz: $total executions in all, no findings"
+printf '%s\n' "${targets[@]}" | xargs -P "${FUZZ_JOBS:-$(nproc)}" -I{} bash -c 'fuzz_one "$1" "$2"' _ {} "$secs"
+total=0
+for bin in "${targets[@]}"; do
+  runs=$(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$bin.log" | grep -Eo '[0-9]+$' || echo 0)
+  total=$((total + runs))
+done
+echo "fuzz: $total executions in all (${#targets[@]} targets), no findings"
