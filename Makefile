@@ -25,6 +25,9 @@ python: deps
 run: build
 	$(BUILD_DIR)/flashmla_cli --preset v3-decode-quick
 
+# Tests run several processes at once, each with its OpenMP team: idle OpenMP threads sleep
+# (OMP_WAIT_POLICY=passive) instead of spinning on the cores the other processes need.
+test: export OMP_WAIT_POLICY ?= passive
 test: build python
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 	FLASHMLA_BUILD_DIR=$(abspath $(BUILD_DIR)) $(VENV)/bin/python -m pytest tests/python -q

@@ -23,6 +23,7 @@ cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDe
 cmake --build "$build" -j "$(nproc)"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}  # parallel targets: idle OpenMP threads sleep
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 fuzz_one() {  # <binary> <seconds>: one target; its log printed on failure
   local bin=$1 secs=$2 name build log runs cov

@@ -38,6 +38,9 @@ for bin in "$build"/test_*; do
   fi
 done
 
+# SAN_JOBS processes at once, each with an OpenMP team: idle OpenMP threads sleep rather than
+# spin on the cores the other processes need (26% less time for two processes on 2 cores).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 export FLASHMLA_TEST_SIZE=small  # shorter long-sequence / wide-batch grid cases (tests/testing/test_size.h)
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
