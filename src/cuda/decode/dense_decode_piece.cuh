@@ -38,10 +38,10 @@ __device__ __forceinline__ DenseDecodeCta dense_decode_cta(const DenseDecodeArgs
   return c;
 }
 
-// Channel 8 c of row i of KV head g of request r in q (i < rows_per_kv).
-__device__ __forceinline__ const uint16_t* q_row_chunk(const DenseDecodeArgs& a, int r, int g,
-                                                       int i, int c) {
-  const int hpk = a.num_heads_q / a.num_heads_kv;
+// Channel 8 c of row i of KV head g of request r in q (i < rows_per_kv; hpk query heads per KV
+// head, computed once by the caller).
+__device__ __forceinline__ const uint16_t* q_row_chunk(const DenseDecodeArgs& a, int hpk, int r,
+                                                       int g, int i, int c) {
   return a.q + r * a.q_stride[0] + (i / hpk) * a.q_stride[1] + (g * hpk + i % hpk) * a.q_stride[2] +
          8 * c;
 }

@@ -36,10 +36,11 @@ static_assert(kSmemBytes <= 99 * 1024, "fits every SM80+ GPU");
 // The 16 query rows row0.. of KV head g of request r (rows past rows_per_kv are zeros).
 __device__ __forceinline__ void load_q(const DenseDecodeArgs& a, int r, int g, int row0,
                                        int rows_per_kv, uint16_t* sq) {
+  const int hpk = a.num_heads_q / a.num_heads_kv;
   for (int it = static_cast<int>(threadIdx.x); it < kRows * kChunks; it += kThreads) {
     const int row = it / kChunks, c = it % kChunks, i = row0 + row;
     const bool valid = i < rows_per_kv;
-    const uint16_t* src = valid ? q_row_chunk(a, r, g, i, c) : a.q;
+    const uint16_t* src = valid ? q_row_chunk(a, hpk, r, g, i, c) : a.q;
     copy16(sq + row * kLdk + 8 * c, src, valid, a.q_aligned);
   }
 }

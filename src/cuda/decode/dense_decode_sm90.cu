@@ -40,10 +40,11 @@ constexpr float kInf = INFINITY;
 // The 64 query rows row0.. of KV head g of request r (rows past rows_per_kv are zeros).
 __device__ __forceinline__ void load_q(const DenseDecodeArgs& a, int r, int g, int row0,
                                        int rows_per_kv, unsigned char* sq) {
+  const int hpk = a.num_heads_q / a.num_heads_kv;
   for (int it = static_cast<int>(threadIdx.x); it < kRows * kChunks; it += kThreads) {
     const int row = it / kChunks, c = it % kChunks, i = row0 + row;
     const bool valid = i < rows_per_kv;
-    const uint16_t* src = valid ? q_row_chunk(a, r, g, i, c) : a.q;
+    const uint16_t* src = valid ? q_row_chunk(a, hpk, r, g, i, c) : a.q;
     copy16(slab_chunk(sq, row, c), src, valid, a.q_aligned);
   }
 }
