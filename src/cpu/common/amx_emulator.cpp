@@ -1,5 +1,4 @@
 // Software model of the AMX tile instructions (see amx_tiles.h). Plain C++: runs on any CPU.
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -33,20 +32,37 @@ void check_tile(int t, const char* insn) {
   }
 }
 
-float daz(float x) {  // denormal inputs as (signed) zero
-  return std::fabs(x) < std::numeric_limits<float>::min() ? std::copysign(0.0f, x) : x;
-}
-float ftz(float x) { return daz(x); }  // denormal results flushed to (signed) zero
+// The arithmetic of TDPBF16PS (from here to dot_rows) reads and writes only the emulator's own
+// tile arrays, within bounds that dpbf16ps has checked against the tile configuration, so the
+// sanitizers leave it uninstrumented: instrumented, it was most of the time of the AMX-emulated
+// runs of the sanitized kernel suites. TILELOADD and TILESTORED, which touch the caller's memory,
+// stay instrumented. Every function inlined into dot_rows_body carries the attribute, and it
+// uses compiler builtins rather than std::fma, std::fabs or std::bit_cast: GCC does not inline
+// across differing sanitizer attributes, and an out-of-line call per element stops the loops
+// from being vectorised.
+#define FLASHMLA_TILE_ARITHMETIC __attribute__((no_sanitize("address", "undefined")))
 
-float bf16_at(const unsigned char* row, int index) {  // make_fp32: the bf16 in the upper half
+FLASHMLA_TILE_ARITHMETIC float daz(float x) {  // denormal inputs as (signed) zero
+  return __builtin_fabsf(x) < std::numeric_limits<float>::min() ? __builtin_copysignf(0.0f, x)
+                                                                 : x;
+}
+// Denormal results flushed to (signed) zero.
+FLASHMLA_TILE_ARITHMETIC float ftz(float x) { return daz(x); }
+
+// make_fp32: the bf16 in the upper half.
+FLASHMLA_TILE_ARITHMETIC float bf16_at(const unsigned char* row, int index) {
   uint16_t h;
   std::memcpy(&h, row + 2 * index, 2);
-  return daz(std::bit_cast<float>(static_cast<uint32_t>(h) << 16));
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float x;
+  std::memcpy(&x, &bits, 4);
+  return daz(x);
 }
 
 
 // The operands as fp32 (denormals as zero): a row of bf16 pairs split into even and odd halves.
-void split_pairs(const unsigned char* row, int count, float* even, float* odd) {
+FLASHMLA_TILE_ARITHMETIC void split_pairs(const unsigned char* row, int count, float* even,
+                                          float* odd) {
   for (int i = 0; i < count; ++i) {
     even[i] = bf16_at(row, 2 * i);
     odd[i] = bf16_at(row, 2 * i + 1);
@@ -57,7 +73,7 @@ void split_pairs(const unsigned char* row, int count, float* even, float* odd) {
 // = rows of src2, n_out fp32 per dst row). Inlined into a plain and an AVX-512 copy (dot_rows
 // picks one), since the emulation runs whole kernel test suites. (Not target_clones: its ifunc
 // resolver runs before the sanitizers' runtimes are up.)
-__attribute__((always_inline)) inline void dot_rows_body(
+FLASHMLA_TILE_ARITHMETIC __attribute__((always_inline)) inline void dot_rows_body(
     int rows, int k_pairs, int n_out, const unsigned char (*a)[kMaxColsb],
     const unsigned char (*b)[kMaxColsb], unsigned char (*c)[kMaxColsb]) {
   float b_even[kMaxRows][16] = {}, b_odd[kMaxRows][16] = {};
@@ -68,8 +84,8 @@ __attribute__((always_inline)) inline void dot_rows_body(
     float even[16] = {}, odd[16] = {};
     for (int k = 0; k < k_pairs; ++k) {
       for (int n = 0; n < 16; ++n) {  // all 16 lanes (vectorised); lanes >= n_out unused
-        even[n] = ftz(std::fma(a_even[k], b_even[k][n], even[n]));
-        odd[n] = ftz(std::fma(a_odd[k], b_odd[k][n], odd[n]));
+        even[n] = ftz(__builtin_fmaf(a_even[k], b_even[k][n], even[n]));
+        odd[n] = ftz(__builtin_fmaf(a_odd[k], b_odd[k][n], odd[n]));
       }
     }
     for (int n = 0; n < n_out; ++n) {
@@ -81,14 +97,15 @@ __attribute__((always_inline)) inline void dot_rows_body(
   }
 }
 
-__attribute__((target("avx512f"))) void dot_rows_avx512(
+FLASHMLA_TILE_ARITHMETIC __attribute__((target("avx512f"))) void dot_rows_avx512(
     int rows, int k_pairs, int n_out, const unsigned char (*a)[kMaxColsb],
     const unsigned char (*b)[kMaxColsb], unsigned char (*c)[kMaxColsb]) {
   dot_rows_body(rows, k_pairs, n_out, a, b, c);
 }
 
-void dot_rows_plain(int rows, int k_pairs, int n_out, const unsigned char (*a)[kMaxColsb],
-                    const unsigned char (*b)[kMaxColsb], unsigned char (*c)[kMaxColsb]) {
+FLASHMLA_TILE_ARITHMETIC void dot_rows_plain(
+    int rows, int k_pairs, int n_out, const unsigned char (*a)[kMaxColsb],
+    const unsigned char (*b)[kMaxColsb], unsigned char (*c)[kMaxColsb]) {
   dot_rows_body(rows, k_pairs, n_out, a, b, c);
 }
 
