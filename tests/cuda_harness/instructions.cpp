@@ -20,10 +20,9 @@ namespace {
 uint16_t lo16(uint32_t r) { return static_cast<uint16_t>(r & 0xffffu); }
 uint16_t hi16(uint32_t r) { return static_cast<uint16_t>(r >> 16); }
 
-struct MmaPayload {
+struct MmaPayload {  // what the other lanes need of a lane's fragments (C stays with its lane)
   uint32_t a[4];
   uint32_t b[2];
-  float c[4];
 };
 
 }  // namespace
@@ -45,35 +44,39 @@ void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uin
   MmaPayload mine;
   std::memcpy(mine.a, a, sizeof mine.a);
   std::memcpy(mine.b, b, sizeof mine.b);
-  std::memcpy(mine.c, c, sizeof mine.c);
+  float c_mine[4];  // (d may alias c)
+  std::memcpy(c_mine, c, sizeof c_mine);
   const unsigned char* slots = warp_exchange(0xffffffffu, &mine, sizeof mine, "mma.sync.m16n8k16");
-  // Assemble A (16x16), B (16x8, k x n) and C (16x8) from the fragments.
-  float A[16][16], B[16][8], C[16][8];
-  for (int l = 0; l < 32; ++l) {
-    MmaPayload p;
-    std::memcpy(&p, slots + 64 * l, sizeof p);
-    const int g = l >> 2, t = l & 3;
-    for (int r = 0; r < 4; ++r) {
-      const int row = g + ((r & 1) ? 8 : 0), col = 2 * t + ((r & 2) ? 8 : 0);
-      A[row][col] = mma_element(lo16(p.a[r]), type);
-      A[row][col + 1] = mma_element(hi16(p.a[r]), type);
-    }
-    for (int r = 0; r < 2; ++r) {
-      const int k = 2 * t + (r ? 8 : 0);
-      B[k][g] = mma_element(lo16(p.b[r]), type);
-      B[k + 1][g] = mma_element(hi16(p.b[r]), type);
-    }
-    for (int r = 0; r < 4; ++r) C[g + (r >= 2 ? 8 : 0)][2 * t + (r & 1)] = p.c[r];
-  }
-  // Products of 16-bit floats are exact in fp32; the sum of the 16 products and C is rounded
-  // once to fp32 (hardware rounds in between in an unspecified way; tests use tolerances).
+  // This lane's D elements are rows g and g+8, columns 2t and 2t+1 (d[r]: row g + 8 (r >= 2),
+  // column 2t + (r & 1), where C's c[r] is too). Those rows of A come from the lanes of group g
+  // (lane 4g + t' holds columns 2t', 2t'+1 and 2t'+8, 2t'+9), those columns of B from the lanes
+  // of groups 2t and 2t+1 (lane 4n + t' holds rows 2t', 2t'+1, 2t'+8 and 2t'+9 of column n).
   const int me = static_cast<int>(thread_idx().x + block_dim().x *
                                    (thread_idx().y + block_dim().y * thread_idx().z)) & 31;
   const int g = me >> 2, t = me & 3;
+  float A[2][16], B[2][16];  // A[i]: row g + 8i; B[j]: column 2t + j (both indexed by k)
+  for (int tp = 0; tp < 4; ++tp) {
+    MmaPayload p;
+    std::memcpy(&p, slots + 64 * (4 * g + tp), sizeof p);
+    for (int r = 0; r < 4; ++r) {
+      const int col = 2 * tp + ((r & 2) ? 8 : 0);
+      A[r & 1][col] = mma_element(lo16(p.a[r]), type);
+      A[r & 1][col + 1] = mma_element(hi16(p.a[r]), type);
+    }
+    for (int j = 0; j < 2; ++j) {
+      std::memcpy(&p, slots + 64 * (4 * (2 * t + j) + tp), sizeof p);
+      for (int r = 0; r < 2; ++r) {
+        const int k = 2 * tp + (r ? 8 : 0);
+        B[j][k] = mma_element(lo16(p.b[r]), type);
+        B[j][k + 1] = mma_element(hi16(p.b[r]), type);
+      }
+    }
+  }
+  // Products of 16-bit floats are exact in fp32; the sum of the 16 products and C is rounded
+  // once to fp32 (hardware rounds in between in an unspecified way; tests use tolerances).
   for (int r = 0; r < 4; ++r) {
-    const int row = g + (r >= 2 ? 8 : 0), col = 2 * t + (r & 1);
-    double s = C[row][col];
-    for (int k = 0; k < 16; ++k) s += static_cast<double>(A[row][k]) * B[k][col];
+    double s = c_mine[r];
+    for (int k = 0; k < 16; ++k) s += static_cast<double>(A[r >> 1][k]) * B[r & 1][k];
     d[r] = static_cast<float>(s);
   }
 }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <atomic>
+#include <bit>
 #include <cstdlib>
 #include <memory>
 #include <random>
@@ -75,6 +76,7 @@ struct Block {
   std::unique_ptr<unsigned char[]> smem;
   size_t smem_bytes = 0;
   std::vector<Thread> threads;
+  std::vector<uint32_t> runnable;  // per warp, the lanes whose state is runnable (set_state)
   int at_barrier = 0;
   // Per warp, the pending collectives (one per distinct mask).
   std::vector<std::vector<std::shared_ptr<Collective>>> pending;
@@ -93,20 +95,44 @@ struct Block {
 // forced unwinding of suspended fibers, which sanitizers cannot follow).
 struct BlockAborted {};
 
+// Every change of a thread's state goes through here, which keeps the block's runnable masks.
+void set_state(Block& b, Thread& t, State s) {
+  t.state = s;
+  const uint32_t bit = 1u << (t.linear & 31);
+  uint32_t& lanes = b.runnable[t.linear >> 5];
+  lanes = s == State::runnable ? lanes | bit : lanes & ~bit;
+}
+
 thread_local Block* tl_block = nullptr;
 thread_local Thread* tl_thread = nullptr;
 
-// protected_fixedsize_stack that remembers where the stack lies (for ASan's fiber switches).
+// The fiber stacks of the calling OS thread's finished fibers, for the next ones: mapping,
+// guarding and unmapping a stack per CUDA thread per block was a third of the harness's time
+// (and each unmapping a TLB shootdown on the other cores).
+struct StackPool {
+  ctx::protected_fixedsize_stack stacks{kStackBytes};
+  std::vector<ctx::stack_context> free;
+  ~StackPool() {
+    for (ctx::stack_context& sc : free) stacks.deallocate(sc);
+  }
+};
+thread_local StackPool tl_stacks;
+
+// A stack from the pool that remembers where the stack lies (for ASan's fiber switches).
 struct RecordingStack {
   Thread* thread;
-  ctx::protected_fixedsize_stack inner{kStackBytes};
   ctx::stack_context allocate() {
-    ctx::stack_context sc = inner.allocate();
+    ctx::stack_context sc;
+    if (tl_stacks.free.empty()) {
+      sc = tl_stacks.stacks.allocate();
+    } else {
+      sc = tl_stacks.free.back();
+      tl_stacks.free.pop_back();
+    }
 #if defined(FMLA_HARNESS_ASAN)
     thread->stack_bottom = static_cast<const char*>(sc.sp) - sc.size;
     thread->stack_size = sc.size;
-    // A new mapping may reuse an earlier fiber's addresses, whose shadow still holds that
-    // fiber's stack redzones.
+    // The shadow of a reused stack may still hold an earlier fiber's stack redzones.
     __asan_unpoison_memory_region(thread->stack_bottom, sc.size);
 #endif
     return sc;
@@ -115,7 +141,11 @@ struct RecordingStack {
 #if defined(FMLA_HARNESS_ASAN)
     __asan_unpoison_memory_region(static_cast<char*>(sc.sp) - sc.size, sc.size);
 #endif
-    inner.deallocate(sc);
+    try {
+      tl_stacks.free.push_back(sc);
+    } catch (...) {  // no memory to keep it: unmap it
+      tl_stacks.stacks.deallocate(sc);
+    }
   }
 };
 
@@ -194,10 +224,10 @@ std::unique_ptr<ThreadState>& block_state_slot() {
 void sync_threads() {
   Thread& t = current();
   Block& b = *tl_block;
-  t.state = State::at_block_barrier;
+  set_state(b, t, State::at_block_barrier);
   if (++b.at_barrier == static_cast<int>(b.threads.size())) {
     b.at_barrier = 0;
-    for (Thread& o : b.threads) o.state = State::runnable;
+    for (Thread& o : b.threads) set_state(b, o, State::runnable);
   }
   yield_to_scheduler();
 }
@@ -228,10 +258,10 @@ const unsigned char* warp_exchange(unsigned mask, const void* payload, size_t by
   if (bytes) std::memcpy(c->payload[lane], payload, bytes);
   c->arrived |= 1u << lane;
   t.collective = c;
-  t.state = State::at_warp_collective;
+  set_state(b, t, State::at_warp_collective);
   if (c->arrived == mask) {
     for (int l = 0; l < 32; ++l) {
-      if ((mask >> l) & 1u) b.threads[warp * 32 + l].state = State::runnable;
+      if ((mask >> l) & 1u) set_state(b, b.threads[warp * 32 + l], State::runnable);
     }
     pend.erase(std::find(pend.begin(), pend.end(), c));
   }
@@ -279,9 +309,11 @@ namespace {
 // Runs one block to completion on the calling OS thread.
 void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng) {
   const int n = static_cast<int>(b.threads.size());
+  b.runnable.assign((n + 31) / 32, 0u);
   for (int i = 0; i < n; ++i) {
     Thread& t = b.threads[i];
     t.linear = i;
+    b.runnable[i >> 5] |= 1u << (i & 31);
     t.idx = uint3{static_cast<unsigned>(i % b.dim.x),
                   static_cast<unsigned>((i / b.dim.x) % b.dim.y),
                   static_cast<unsigned>(i / (b.dim.x * b.dim.y))};
@@ -301,7 +333,7 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
                            } catch (const std::exception& e) {
                              if (b.error.empty()) b.error = describe(b, t) + ": " + e.what();
                            }
-                           t.state = State::done;
+                           set_state(b, t, State::done);
 #if defined(FMLA_HARNESS_ASAN)
                            __sanitizer_start_switch_fiber(nullptr, b.main_stack_bottom,
                                                           b.main_stack_size);
@@ -343,8 +375,8 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
   // The runnable threads of warp w, in `lanes`; false if none.
   auto runnable_lanes = [&](int w) {
     lanes.clear();
-    for (int i = w * 32; i < std::min(n, w * 32 + 32); ++i) {
-      if (b.threads[i].state == State::runnable) lanes.push_back(i);
+    for (uint32_t m = b.runnable[w]; m != 0; m &= m - 1) {
+      lanes.push_back(w * 32 + std::countr_zero(m));
     }
     return !lanes.empty();
   };
@@ -371,7 +403,8 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
       int next = -1;
       if (policy == Policy::warp_priority) {
         for (int w : warp_rank) {
-          if (runnable_lanes(w)) {
+          if (b.runnable[w] != 0) {
+            runnable_lanes(w);
             next = pick(lanes);
             break;
           }
@@ -379,7 +412,7 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
       } else {
         order.clear();  // here: the warps that can run
         for (int w = 0; w < warps; ++w) {
-          if (runnable_lanes(w)) order.push_back(w);
+          if (b.runnable[w] != 0) order.push_back(w);
         }
         if (!order.empty()) {
           runnable_lanes(pick(order));
