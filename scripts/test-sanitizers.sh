@@ -6,8 +6,9 @@
 # avx512, avx2, portable, amx-emulated; a level the CPU lacks, or its own best level, would
 # repeat the native run, and such a run skips its tests: tests/main.cpp). The reference the
 # kernel suites compare against is built uninstrumented (CMakeLists.txt; test_ref* link an
-# instrumented copy). Binaries run whole rather than one process per test (as ctest does), because a
-# sanitized process takes ~0.5 s to start and the suites have ~5000 tests. The CUDA kernels run
+# instrumented copy). Binaries run whole rather than one process per test (as ctest runs the
+# plain level), because a sanitized process takes ~0.5 s to start and the suites have ~2100
+# tests, the kernel suites' once per level. The CUDA kernels run
 # here through the CPU harness (test_cuda_*, host-compiled); nvcc's device build is left to the
 # plain build (FLASHMLA_CUDA=OFF), where ptxas checks it.
 # Then the concurrency suite (many threads calling every operation at once) under
