@@ -28,12 +28,12 @@
 #include "ref/ref.h"
 #include "testing/combine_case.h"
 #include "testing/compare.h"
-#include "testing/test_size.h"
 #include "testing/decode_case.h"
 #include "testing/expect_rows.h"
 #include "testing/host_tensor.h"
 #include "testing/prefill_case.h"
 #include "testing/sparse_decode_case.h"
+#include "testing/test_size.h"
 
 namespace flashmla {
 namespace {

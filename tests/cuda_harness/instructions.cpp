@@ -51,8 +51,7 @@ void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uin
   // column 2t + (r & 1), where C's c[r] is too). Those rows of A come from the lanes of group g
   // (lane 4g + t' holds columns 2t', 2t'+1 and 2t'+8, 2t'+9), those columns of B from the lanes
   // of groups 2t and 2t+1 (lane 4n + t' holds rows 2t', 2t'+1, 2t'+8 and 2t'+9 of column n).
-  const int me = static_cast<int>(thread_idx().x + block_dim().x *
-                                   (thread_idx().y + block_dim().y * thread_idx().z)) & 31;
+  const int me = thread_linear() & 31;
   const int g = me >> 2, t = me & 3;
   float A[2][16], B[2][16];  // A[i]: row g + 8i; B[j]: column 2t + j (both indexed by k)
   for (int tp = 0; tp < 4; ++tp) {
@@ -95,8 +94,7 @@ void ldmatrix(uint32_t* r, int num, bool trans, const void* row) {
       fail("ldmatrix row address outside the block's shared memory");
     }
   }
-  const int me = static_cast<int>(thread_idx().x + block_dim().x *
-                                   (thread_idx().y + block_dim().y * thread_idx().z)) & 31;
+  const int me = thread_linear() & 31;
   auto element = [&](int matrix, int rr, int cc) {
     uint16_t v;
     std::memcpy(&v, static_cast<const unsigned char*>(addr[8 * matrix + rr]) + 2 * cc, 2);
