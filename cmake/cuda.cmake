@@ -231,10 +231,11 @@ endif()
 # The CUDA runtime: static by default (CMAKE_CUDA_RUNTIME_LIBRARY, CMake's own default), so the
 # test binaries and the Python module need no libcudart.so at run time; Shared links libcudart.so.
 if(CMAKE_CUDA_RUNTIME_LIBRARY MATCHES "^[Ss]hared$")
-  target_link_libraries(flashmla_cuda PUBLIC CUDA::cudart)
+  set(FLASHMLA_CUDART_TARGET CUDA::cudart)
 else()
-  target_link_libraries(flashmla_cuda PUBLIC CUDA::cudart_static)
+  set(FLASHMLA_CUDART_TARGET CUDA::cudart_static)
 endif()
+target_link_libraries(flashmla_cuda PUBLIC ${FLASHMLA_CUDART_TARGET})
 
 # The ptxas report of every translation unit, kept in <build>/ptxas/ (scripts/nvcc-capture.sh).
 set(FLASHMLA_PTXAS_LOG_DIR ${CMAKE_BINARY_DIR}/ptxas)

@@ -40,20 +40,9 @@ void check_against_reference(const DenseDecodeCase& cs, const Context& ctx = {},
                       .num_splits = args.num_splits});
   }
   flash_mla_with_kvcache(args, ctx);
-
-  HostTensor ref_out = HostTensor::empty(cs.dtype, {cs.batch, cs.q_len, cs.num_heads_q, 512});
-  HostTensor ref_lse = HostTensor::empty(DType::fp32, {cs.batch, cs.num_heads_q, cs.q_len});
-  MlaDecodeArgs ref_args = args;
-  ref_args.out = ref_out.view();
-  ref_args.lse = ref_lse.view();
-  ref::dense_decode(ref_args);
-
-  const auto out = testing::check_is_allclose("out", data.out.view(), ref_out.view(), 8e-4,
-                                              2.01 / 128, 5e-6);
-  EXPECT_TRUE(out.ok) << out.message;
-  const auto lse = testing::check_is_allclose("lse", data.lse.view(), ref_lse.view(), 1e-6,
-                                              8.01 / 65536);
-  EXPECT_TRUE(lse.ok) << lse.message;
+  for (const auto& r : testing::compare_dense_decode_with_reference(args)) {
+    EXPECT_TRUE(r.ok) << r.message;
+  }
 }
 
 class DenseDecodeGrid : public ::testing::TestWithParam<DenseDecodeCase> {};

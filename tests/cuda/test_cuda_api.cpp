@@ -176,20 +176,10 @@ MlaCombineArgs dev(MlaCombineArgs a) {
 
 // out and lse of a dense call (CPU views of the memory the CUDA call wrote) against the
 // reference, with the dense decode tolerances.
-void expect_dense_matches_reference(const testing::DenseDecodeCase& c, const MlaDecodeArgs& args) {
-  HostTensor ref_out = HostTensor::empty(c.dtype, {c.batch, c.q_len, c.num_heads_q, 512});
-  HostTensor ref_lse = HostTensor::empty(DType::fp32, {c.batch, c.num_heads_q, c.q_len});
-  MlaDecodeArgs ref_args = args;
-  ref_args.tile_scheduler_metadata = ref_args.num_splits = {};
-  ref_args.out = ref_out.view();
-  ref_args.lse = ref_lse.view();
-  ref::dense_decode(ref_args);
-  const auto out = testing::check_is_allclose("out", args.out, ref_out.view(), 8e-4, 2.01 / 128,
-                                              5e-6);
-  EXPECT_TRUE(out.ok) << out.message;
-  const auto lse = testing::check_is_allclose("lse", args.lse, ref_lse.view(), 1e-6,
-                                              8.01 / 65536);
-  EXPECT_TRUE(lse.ok) << lse.message;
+void expect_dense_matches_reference(const MlaDecodeArgs& args) {
+  for (const auto& r : testing::compare_dense_decode_with_reference(args)) {
+    EXPECT_TRUE(r.ok) << r.message;
+  }
 }
 
 // Whether the host's schedule of `parts` parts for these token counts splits some request (so
@@ -239,7 +229,7 @@ TEST_P(CudaApiKernels, DenseDecodeSchedulesOnTheDevice) {
     EXPECT_EQ(calls("get_mla_metadata"), 1);
     EXPECT_EQ(calls("dense_decode"), 1);
     EXPECT_EQ(calls("allocate"), 4);  // records, num_splits, lse_accum, o_accum
-    expect_dense_matches_reference(c, args);
+    expect_dense_matches_reference(args);
   }
 }
 
@@ -277,7 +267,7 @@ TEST_P(CudaApiKernels, DenseDecodeWithDeviceMetadata) {
   flash_mla_with_kvcache(dev(args), kCtx);
   EXPECT_EQ(calls("get_mla_metadata"), 0) << "a given schedule was recomputed";
   EXPECT_EQ(calls("allocate"), 2);  // lse_accum, o_accum
-  expect_dense_matches_reference(c, args);
+  expect_dense_matches_reference(args);
 }
 
 // Dense decode over an FP8 V32 cache (beyond FlashMLA), which the GPU runs on the sparse kernel
@@ -313,7 +303,7 @@ TEST_P(CudaApiKernels, DenseDecodeOverFp8V32Cache) {
     EXPECT_EQ(calls("dense_token_slots"), 1);
     EXPECT_EQ(calls("sparse_decode"), 1);
     EXPECT_EQ(calls("dense_decode"), 0);
-    expect_dense_matches_reference(c, args);
+    expect_dense_matches_reference(args);
 
     std::vector<int32_t> meta(parts * 8), splits(c.batch + 1);
     args.tile_scheduler_metadata = TensorView::contiguous(meta.data(), DType::int32, {parts, 8});
@@ -326,7 +316,7 @@ TEST_P(CudaApiKernels, DenseDecodeOverFp8V32Cache) {
     d.lse.fill(std::numeric_limits<float>::quiet_NaN());
     decode_on_device(args);
     EXPECT_EQ(calls("get_mla_metadata"), 0);
-    expect_dense_matches_reference(c, args);
+    expect_dense_matches_reference(args);
   }
 }
 

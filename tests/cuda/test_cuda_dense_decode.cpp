@@ -20,7 +20,6 @@
 #include "cuda/decode/dense_decode_sm80.h"
 #include "cuda/decode/dense_decode_sm90.h"
 #include "flashmla/flashmla.h"
-#include "ref/ref.h"
 #include "testing/bad_input.h"
 #include "testing/compare.h"
 #include "testing/decode_case.h"
@@ -94,20 +93,9 @@ void check_against_reference(const CudaCase& cs, KernelGeneration gen) {
   std::fill(sched.lse_accum.begin(), sched.lse_accum.end(), kNaN);
   std::fill(sched.o_accum.begin(), sched.o_accum.end(), kNaN);
   cuda::run_dense_decode(p, nullptr, gen);
-
-  HostTensor ref_out = HostTensor::empty(cs.c.dtype, {cs.c.batch, cs.c.q_len, cs.c.num_heads_q, 512});
-  HostTensor ref_lse = HostTensor::empty(DType::fp32, {cs.c.batch, cs.c.num_heads_q, cs.c.q_len});
-  MlaDecodeArgs ref_args = args;
-  ref_args.out = ref_out.view();
-  ref_args.lse = ref_lse.view();
-  ref::dense_decode(ref_args);
-
-  const auto out = testing::check_is_allclose("out", args.out, ref_out.view(), 8e-4,
-                                              2.01 / 128, 5e-6);
-  EXPECT_TRUE(out.ok) << out.message;
-  const auto lse = testing::check_is_allclose("lse", data.lse.view(), ref_lse.view(), 1e-6,
-                                              8.01 / 65536);
-  EXPECT_TRUE(lse.ok) << lse.message;
+  for (const auto& r : testing::compare_dense_decode_with_reference(args)) {
+    EXPECT_TRUE(r.ok) << r.message;
+  }
 }
 
 using Param = std::tuple<CudaCase, KernelGeneration>;

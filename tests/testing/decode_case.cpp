@@ -5,6 +5,7 @@
 #include <numeric>
 #include <random>
 
+#include "ref/ref.h"
 #include "testing/random_data.h"
 
 namespace flashmla::testing {
@@ -106,6 +107,19 @@ DenseDecodeData make_dense_decode_data(const DenseDecodeCase& c) {
   d.out = HostTensor::empty(c.dtype, {c.batch, c.q_len, c.num_heads_q, kDenseHeadDimV});
   d.lse = HostTensor::empty(DType::fp32, {c.batch, c.num_heads_q, c.q_len});
   return d;
+}
+
+std::vector<CompareResult> compare_dense_decode_with_reference(const MlaDecodeArgs& args) {
+  const int64_t b = args.q.size(0), s_q = args.q.size(1), h_q = args.q.size(2);
+  HostTensor ref_out = HostTensor::empty(args.out.dtype, {b, s_q, h_q, kDenseHeadDimV});
+  HostTensor ref_lse = HostTensor::empty(DType::fp32, {b, h_q, s_q});
+  MlaDecodeArgs ref_args = args;
+  ref_args.tile_scheduler_metadata = ref_args.num_splits = {};
+  ref_args.out = ref_out.view();
+  ref_args.lse = ref_lse.view();
+  ref::dense_decode(ref_args);
+  return {check_is_allclose("out", args.out, ref_out.view(), 8e-4, 2.01 / 128, 5e-6),
+          check_is_allclose("lse", args.lse, ref_lse.view(), 1e-6, 8.01 / 65536)};
 }
 
 }  // namespace flashmla::testing

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "flashmla/flashmla.h"
+#include "testing/compare.h"
 #include "testing/host_tensor.h"
 
 namespace flashmla::testing {
@@ -56,5 +57,9 @@ struct DenseDecodeData {
 // token) depends only on the seed and the sizes, not on page_block_size or non_contiguous, so
 // cases differing only in layout must give identical results.
 DenseDecodeData make_dense_decode_data(const DenseDecodeCase& c);
+
+// out and lse of a dense decode call (args: host views of what the call wrote; the cache may be
+// FP8 V32) against ref::dense_decode of the same inputs, with FlashMLA's dense decode tolerances.
+std::vector<CompareResult> compare_dense_decode_with_reference(const MlaDecodeArgs& args);
 
 }  // namespace flashmla::testing
