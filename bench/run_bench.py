@@ -18,8 +18,16 @@ measured time) and the speed-up over the portable run.
 Outputs: a table on stdout, <out>/bench.csv, <out>/bench.json, <out>/roofline.png and the raw
 Google Benchmark JSON of each run (<out>/raw_<run>.json).
 
+Then the GPU benchmark (build/flashmla_bench_gpu, bench/gpu/bench_gpu.cpp), where the build has
+the CUDA backend and a CUDA device answers: each operation on DeepSeek's shapes with the kernels
+the library picks for the device and with the portable ones, CUDA-event times with L2 flushed
+before each call, FlashMLA's FLOPs and bytes, and the roofline of the device's limits (memory:
+2 x memory clock x bus width; tensor: NVIDIA's dense bf16 figure) beside a measured device copy:
+a second table, <out>/gpu.csv and <out>/gpu.json. Without a device it says so and goes on.
+
     python bench/run_bench.py [--build-dir build] [--out bench_results] [--quick]
-                              [--filter REGEX] [--threads N]
+                              [--filter REGEX] [--threads N] [--gpu-only | --no-gpu]
+                              [--gpu-exe PATH]
 """
 from __future__ import annotations
 
@@ -305,6 +313,109 @@ def plot(path: Path, rows: list[dict], runs: dict, title: str) -> None:
     plt.close(fig)
 
 
+# ---- the GPU benchmark ----
+
+GPU_NO_DEVICE = 3  # flashmla_bench_gpu's exit status when no CUDA device answers
+GPU_CSV_FIELDS = ["case", "op", "kernels", "median_us", "flops", "bytes", "tflops", "gbps",
+                  "intensity", "roof_tflops", "bound", "pct_roofline", "speedup_vs_portable",
+                  "error"]
+
+
+def run_gpu(exe: Path, bench_filter: str, quick: bool, out: Path) -> dict | None:
+    """The GPU benchmark's rows and limits, or None when there is no device."""
+    cmd = [str(exe), "--benchmark_format=json", f"--benchmark_filter={bench_filter}"]
+    if quick:
+        cmd += ["--reps", "2", "--min-time", "0.01"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode == GPU_NO_DEVICE:
+        print(f"run_bench: GPU: {proc.stderr.strip() or 'no device'}")
+        return None
+    try:
+        doc = json.loads(proc.stdout)
+    except json.JSONDecodeError as e:
+        sys.exit(f"run_bench: {' '.join(cmd)} exited with {proc.returncode} and printed no "
+                 f"valid JSON ({e}): {proc.stderr.strip()}")
+    (out / "raw_gpu.json").write_text(json.dumps(doc, indent=1))
+    rows, _, errors = parse_run(doc)
+    ctx = doc.get("context", {})
+    limits = {"dram_bytes_per_s": float(ctx.get("flashmla_gpu_dram_bytes_per_s", 0) or 0),
+              "flops_per_s": float(ctx.get("flashmla_gpu_bf16_flops_per_s", 0) or 0),
+              "flops_basis": ctx.get("flashmla_gpu_flops_basis", "?"),
+              "device": ctx.get("flashmla_gpu", "?")}
+    copy = rows.get("peak.device_copy", {})
+    if "us" in copy:
+        limits["copy_bytes_per_s"] = copy["bytes"] / (copy["us"] * 1e-6)
+    return {"rows": rows, "limits": limits, "errors": errors, "context": ctx}
+
+
+def gpu_rows(gpu: dict) -> list[dict]:
+    """One row per case and kernel generation; roofline from the device's limits (the measured
+    copy where the memory clock is unknown)."""
+    lim = gpu["limits"]
+    peak = lim["flops_per_s"]
+    bw = lim["dram_bytes_per_s"] or lim.get("copy_bytes_per_s", 0)
+    out = []
+    for name, r in gpu["rows"].items():
+        if name.startswith("peak."):
+            continue
+        case, _, kernels = name.rpartition(".")
+        row = {"case": case, "op": op_of(case), "kernels": kernels}
+        if "error" in r:
+            row["error"] = r["error"]
+            out.append(row)
+            continue
+        t = r["us"] * 1e-6
+        row.update(median_us=r["us"], flops=r["flops"], bytes=r["bytes"],
+                   tflops=r["flops"] / t / 1e12, gbps=r["bytes"] / t / 1e9,
+                   intensity=r["flops"] / r["bytes"] if r["bytes"] > 0 else math.inf)
+        if peak > 0 and bw > 0 and r["flops"] > 0:
+            mem_roof = row["intensity"] * bw
+            roof = min(peak, mem_roof)
+            row["roof_tflops"] = roof / 1e12
+            row["bound"] = "compute" if peak <= mem_roof else "memory"
+            row["pct_roofline"] = 100.0 * (r["flops"] / t) / roof
+        portable = gpu["rows"].get(f"{case}.portable", {})
+        if "us" in portable:
+            row["speedup_vs_portable"] = portable["us"] / r["us"]
+        out.append(row)
+    return out
+
+
+def print_gpu_table(rows: list[dict], gpu: dict) -> None:
+    lim = gpu["limits"]
+    print(f"\nGPU: {lim['device']} | memory {lim['dram_bytes_per_s'] / 1e9:.0f} GB/s "
+          f"(clock x bus), device copy {lim.get('copy_bytes_per_s', 0) / 1e9:.0f} GB/s "
+          f"(measured) | tensor bf16 {lim['flops_per_s'] / 1e12:.0f} TFLOP/s "
+          f"({lim['flops_basis']})")
+    width = max([len(r["case"]) for r in rows] + [4])
+    head = (f"{'case':<{width}} {'kernels':<8} {'median us':>11} {'TFLOP/s':>8} {'GB/s':>8} "
+            f"{'FLOP/B':>7} {'bound':<7} {'%roof':>6} {'x port':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['case']:<{width}} {r['kernels']:<8} ERROR: {r['error']}")
+            continue
+        print(f"{r['case']:<{width}} {r['kernels']:<8} {r['median_us']:>11.1f} "
+              f"{r['tflops']:>8.2f} {r['gbps']:>8.1f} {fmt(r['intensity'], '7.1f'):>7} "
+              f"{r.get('bound', '-'):<7} {fmt(r.get('pct_roofline'), '6.1f'):>6} "
+              f"{fmt(r.get('speedup_vs_portable'), '6.2f'):>6}")
+    print("kernels: picked = those the library chooses for this device, portable = "
+          "FLASHMLA_CUDA_PORTABLE=1; times: CUDA events around one call, L2 flushed before it; "
+          "%roof against min(tensor peak, FLOP/B x memory bandwidth)")
+
+
+def write_gpu_outputs(out: Path, rows: list[dict], gpu: dict) -> None:
+    with (out / "gpu.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=GPU_CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in GPU_CSV_FIELDS})
+    (out / "gpu.json").write_text(json.dumps(
+        {"limits": gpu["limits"], "cases": rows, "errors": gpu["errors"]}, indent=1,
+        default=str))
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -323,14 +434,47 @@ def main() -> int:
                     help="the machine limits and one tiny case per operation, short repetitions")
     ap.add_argument("--filter", help="regex of case names to run (the machine limits always run)")
     ap.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--gpu-only", action="store_true", help="only the GPU benchmark")
+    which.add_argument("--no-gpu", action="store_true", help="only the CPU benchmark")
+    ap.add_argument("--gpu-exe", help="the GPU benchmark binary (default <build-dir>/"
+                    "flashmla_bench_gpu; <build-dir>/flashmla_bench_gpu_harness runs its code "
+                    "on the CPU harness at tiny shapes)")
     args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    status = 0 if args.gpu_only else cpu_main(args, out)
+    if not args.no_gpu:
+        status = max(status, gpu_main(args, out))
+    return status
+
+
+def gpu_main(args, out: Path) -> int:
+    exe = Path(args.gpu_exe) if args.gpu_exe else Path(args.build_dir) / "flashmla_bench_gpu"
+    if not exe.exists():
+        print(f"run_bench: GPU: {exe} not built (no CUDA backend in this build)")
+        return 1 if args.gpu_only else 0
+    cases = args.filter or "."
+    gpu = run_gpu(exe, rf"^peak\.|({cases})", args.quick, out)
+    if gpu is None:
+        return 0
+    rows = gpu_rows(gpu)
+    print_gpu_table(rows, gpu)
+    write_gpu_outputs(out, rows, gpu)
+    print(f"run_bench: wrote {out / 'gpu.csv'}, {out / 'gpu.json'}")
+    if gpu["errors"]:
+        print("run_bench: GPU cases with errors:\n  " + "\n  ".join(gpu["errors"]),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cpu_main(args, out: Path) -> int:
 
     exe = Path(args.build_dir) / "flashmla_bench"
     if not exe.exists():
         sys.exit(f"run_bench: {exe} not found (build it: cmake --build {args.build_dir} "
                  f"--target flashmla_bench)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     cases = args.filter or (QUICK_FILTER if args.quick else ".")
     bench_filter = rf"^peak\.|({cases})"

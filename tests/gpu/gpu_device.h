@@ -34,4 +34,27 @@ void release(void* ptr);
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 
+// ---- for the benchmark (bench/gpu/bench_gpu.cpp) ----
+
+// Seconds the work that `queue` puts on stream() takes on the device: events recorded on the
+// stream around it, waited for (GPU); the wall-clock time of the call (harness).
+double time_on_device(void (*queue)(void*), void* arg);
+// Evicts the device's L2 cache (a memset of a buffer four times its size, on stream(), waited
+// for), as FlashMLA's benchmarks do between timed calls; nothing in the harness.
+void flush_l2();
+// Device-to-device copy of `bytes` on stream(), not waited for.
+void copy_on_device(void* dst, const void* src, size_t bytes);
+
+// The device's limits for the roofline. Memory: 2 x memory clock x bus width (double data
+// rate). Tensor cores (dense bf16 in, fp32 accumulate): NVIDIA's published figure for the
+// data-centre parts it knows by compute capability and SM count (A100, H100/H800/H200, B200),
+// else SMs x clock x the architecture's dense FLOP/clk per SM (8.0: 2048, 9.0: 4096, 10.0:
+// 8192), else 0 (unknown: consumer parts' fp32-accumulate rate varies by product).
+struct DeviceLimits {
+  double dram_bytes_per_s = 0;
+  double bf16_flops_per_s = 0;
+  std::string flops_basis;  // where bf16_flops_per_s comes from
+};
+DeviceLimits device_limits();
+
 }  // namespace flashmla::gpu_testing

@@ -3,6 +3,7 @@
 // FLASHMLA_CUDA_PORTABLE=1, which the backend reads on every call.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -75,6 +76,82 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream), "cudaMemcpyAsync");
   // Also where a kernel's failure queued before the copy surfaces.
   check(cudaStreamSynchronize(g_stream), "cudaStreamSynchronize (after the calls)");
+}
+
+double time_on_device(void (*queue)(void*), void* arg) {
+  static cudaEvent_t start = nullptr, stop = nullptr;
+  if (start == nullptr) {
+    check(cudaEventCreate(&start), "cudaEventCreate");
+    check(cudaEventCreate(&stop), "cudaEventCreate");
+  }
+  check(cudaEventRecord(start, g_stream), "cudaEventRecord");
+  queue(arg);
+  check(cudaEventRecord(stop, g_stream), "cudaEventRecord");
+  check(cudaEventSynchronize(stop), "cudaEventSynchronize (after the timed calls)");
+  float ms = 0;
+  check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+  return ms * 1e-3;
+}
+
+void flush_l2() {
+  static void* buffer = nullptr;
+  static size_t bytes = 0;
+  if (buffer == nullptr) {
+    int device = 0, l2 = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device), "cudaDeviceGetAttribute");
+    bytes = std::max<size_t>(size_t{4} * l2, size_t{64} << 20);
+    buffer = allocate(bytes);
+  }
+  check(cudaMemsetAsync(buffer, 0, bytes, g_stream), "cudaMemsetAsync (L2 flush)");
+  check(cudaStreamSynchronize(g_stream), "cudaStreamSynchronize (L2 flush)");
+}
+
+void copy_on_device(void* dst, const void* src, size_t bytes) {
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream), "cudaMemcpyAsync");
+}
+
+DeviceLimits device_limits() {
+  int device = 0, major = 0, minor = 0, sms = 0, clock_khz = 0, mem_khz = 0, bus_bits = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  const auto attr = [&](cudaDeviceAttr a, int* v) {
+    if (cudaDeviceGetAttribute(v, a, device) != cudaSuccess) *v = 0;
+  };
+  attr(cudaDevAttrComputeCapabilityMajor, &major);
+  attr(cudaDevAttrComputeCapabilityMinor, &minor);
+  attr(cudaDevAttrMultiProcessorCount, &sms);
+  attr(cudaDevAttrClockRate, &clock_khz);
+  attr(cudaDevAttrMemoryClockRate, &mem_khz);
+  attr(cudaDevAttrGlobalMemoryBusWidth, &bus_bits);
+  DeviceLimits l;
+  l.dram_bytes_per_s = 2.0 * mem_khz * 1e3 * bus_bits / 8;
+  // NVIDIA's dense bf16 figures (fp32 accumulation, no sparsity) for the parts this library is
+  // tuned for, by compute capability and SM count.
+  struct Known {
+    int major, minor, sms;
+    double flops;
+    const char* name;
+  };
+  static constexpr Known kKnown[] = {
+      {8, 0, 108, 312e12, "A100 (NVIDIA: 312 TFLOP/s)"},
+      {9, 0, 132, 989e12, "H100/H800/H200 SXM (NVIDIA: 989 TFLOP/s)"},
+      {9, 0, 114, 756e12, "H100 PCIe (NVIDIA: 756 TFLOP/s)"},
+      {10, 0, 148, 2250e12, "B200 (NVIDIA: 2250 TFLOP/s)"},
+  };
+  for (const Known& k : kKnown) {
+    if (k.major == major && k.minor == minor && k.sms == sms) {
+      l.bf16_flops_per_s = k.flops;
+      l.flops_basis = k.name;
+      return l;
+    }
+  }
+  const int per_clk = major == 8 && minor == 0 ? 2048 : major == 9 ? 4096 : major == 10 ? 8192 : 0;
+  l.bf16_flops_per_s = double(sms) * clock_khz * 1e3 * per_clk;
+  l.flops_basis = per_clk ? std::to_string(sms) + " SMs x " + std::to_string(clock_khz / 1000) +
+                                " MHz x " + std::to_string(per_clk) + " FLOP/clk"
+                          : "unknown for compute capability " + std::to_string(major) + "." +
+                                std::to_string(minor);
+  return l;
 }
 
 }  // namespace flashmla::gpu_testing

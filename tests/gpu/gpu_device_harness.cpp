@@ -2,6 +2,7 @@
 // device memory, and the harness build of the backend table is installed with the attention
 // kernels of the selected generation (Kernels::picked: the Hopper ones, through the wgmma
 // emulation, as a compute capability 9.0 GPU gets them).
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -62,5 +63,17 @@ void release(void* ptr) { std::free(ptr); }
 
 void copy_to_device(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+
+double time_on_device(void (*queue)(void*), void* arg) {
+  const auto start = std::chrono::steady_clock::now();
+  queue(arg);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void flush_l2() {}
+
+void copy_on_device(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+
+DeviceLimits device_limits() { return {.flops_basis = "none (CPU harness)"}; }
 
 }  // namespace flashmla::gpu_testing
