@@ -26,6 +26,17 @@ if ((${#need[@]})); then
   "$py" -m pip install -q "${need[@]}" "numpy<2"
 fi
 
+# On a machine with an NVIDIA GPU, Debian's CPU build of torch cannot make the CUDA tensors the
+# Python GPU tests (tests/python/test_cuda.py) hand to flash_mla: install PyPI's torch, a CUDA
+# build, into the venv (FLASHMLA_GPU_TORCH=0 keeps Debian's). Without it those tests skip;
+# ctest's test_gpu_ops checks every operation on the GPU without torch either way.
+if [ "${FLASHMLA_GPU_TORCH:-1}" != 0 ] && [ -e /dev/nvidia0 ] &&
+   ! "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "setup-python: NVIDIA GPU present, torch without CUDA: pip installing PyPI's torch into $venv"
+  "$py" -m pip install -q torch "numpy<2" ||
+    echo "setup-python: no CUDA torch installed; the Python GPU tests will skip"
+fi
+
 # The package itself (scikit-build-core keeps its CMake build in build/python/ between runs).
 "$py" -m pip install -q --no-build-isolation .
 "$py" -c "import flash_mla, torch; print('setup-python: flash_mla', flash_mla.__version__, '| torch', torch.__version__)"
