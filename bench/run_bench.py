@@ -131,6 +131,17 @@ def op_of(name: str) -> str:
     return name.split(".", 1)[0]
 
 
+def roofline(flops_per_s: float, intensity: float, peak, bw) -> dict:
+    """roof_tflops = min(peak, intensity x bw), the bound that sets it, and % of it reached;
+    nothing where a limit is unknown or the case does no arithmetic."""
+    if not peak or not bw or flops_per_s <= 0:
+        return {}
+    mem_roof = intensity * bw
+    roof = min(peak, mem_roof)
+    return {"roof_tflops": roof / 1e12, "bound": "compute" if peak <= mem_roof else "memory",
+            "pct_roofline": 100.0 * flops_per_s / roof}
+
+
 def build_rows(runs: dict) -> list[dict]:
     """One row per (case, run), cases in the binary's order."""
     order = []
@@ -164,12 +175,7 @@ def build_rows(runs: dict) -> list[dict]:
             # has); the portable run is judged against the same roofline.
             pk = runs[RUNS[0][0]]["peaks"] if RUNS[0][0] in runs else run["peaks"]
             peak, bw = pk.get("matrix_flops_per_s"), pk.get("dram_bytes_per_s")
-            if peak and bw and flops > 0:
-                mem_roof = row["intensity"] * bw
-                roof = min(peak, mem_roof)
-                row["roof_tflops"] = roof / 1e12
-                row["bound"] = "compute" if peak <= mem_roof else "memory"
-                row["pct_roofline"] = 100.0 * (flops / t) / roof
+            row.update(roofline(flops / t, row["intensity"], peak, bw))
             row["dram_gbps"] = (bw or 0) / 1e9
             row["matrix_peak_tflops"] = (peak or 0) / 1e12
             if "us" in base:
@@ -368,12 +374,7 @@ def gpu_rows(gpu: dict) -> list[dict]:
         row.update(median_us=r["us"], flops=r["flops"], bytes=r["bytes"],
                    tflops=r["flops"] / t / 1e12, gbps=r["bytes"] / t / 1e9,
                    intensity=r["flops"] / r["bytes"] if r["bytes"] > 0 else math.inf)
-        if peak > 0 and bw > 0 and r["flops"] > 0:
-            mem_roof = row["intensity"] * bw
-            roof = min(peak, mem_roof)
-            row["roof_tflops"] = roof / 1e12
-            row["bound"] = "compute" if peak <= mem_roof else "memory"
-            row["pct_roofline"] = 100.0 * (r["flops"] / t) / roof
+        row.update(roofline(r["flops"] / t, row["intensity"], peak, bw))
         portable = gpu["rows"].get(f"{case}.portable", {})
         if "us" in portable:
             row["speedup_vs_portable"] = portable["us"] / r["us"]

@@ -33,6 +33,11 @@ void release(void* ptr);
 // Copies on stream(); copy_to_host returns once the stream has drained into `dst`.
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
+// Queues `queue`'s calls as a CUDA graph: captures them from stream() (global capture mode, so
+// a call that is not capturable fails the capture), instantiates the graph, launches it
+// `launches` times on stream() and waits. The harness, which has no graphs, runs `queue`
+// `launches` times. Throws with CUDA's message when capturing or launching fails.
+void run_as_graph(void (*queue)(void*), void* arg, int launches);
 
 // ---- for the benchmark (bench/gpu/bench_gpu.cpp) ----
 

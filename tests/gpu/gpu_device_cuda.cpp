@@ -78,6 +78,31 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
   check(cudaStreamSynchronize(g_stream), "cudaStreamSynchronize (after the calls)");
 }
 
+void run_as_graph(void (*queue)(void*), void* arg, int launches) {
+  check(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+  try {
+    queue(arg);
+  } catch (...) {
+    cudaGraph_t broken = nullptr;
+    (void)cudaStreamEndCapture(g_stream, &broken);
+    if (broken != nullptr) (void)cudaGraphDestroy(broken);
+    throw;
+  }
+  cudaGraph_t graph = nullptr;
+  check(cudaStreamEndCapture(g_stream, &graph), "cudaStreamEndCapture");
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+  (void)cudaGraphDestroy(graph);
+  check(instantiated, "cudaGraphInstantiate");
+  cudaError_t status = cudaSuccess;
+  for (int i = 0; i < launches && status == cudaSuccess; ++i) {
+    status = cudaGraphLaunch(exec, g_stream);
+  }
+  if (status == cudaSuccess) status = cudaStreamSynchronize(g_stream);
+  (void)cudaGraphExecDestroy(exec);
+  check(status, "cudaGraphLaunch / cudaStreamSynchronize");
+}
+
 double time_on_device(void (*queue)(void*), void* arg) {
   static cudaEvent_t start = nullptr, stop = nullptr;
   if (start == nullptr) {

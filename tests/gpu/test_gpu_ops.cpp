@@ -256,6 +256,50 @@ TEST_P(GpuKernels, SparsePrefill) {
   }
 }
 
+// Decode steps as serving engines run them, captured into a CUDA graph and launched twice: a
+// dense call that computes its own schedule (stream-ordered allocations inside the capture), and
+// get_mla_metadata on the device followed by a sparse call that is given that schedule. (The
+// harness has no graphs: it runs the steps twice.)
+TEST_P(GpuKernels, DecodeStepsAsACudaGraph) {
+  const testing::DenseDecodeCase dc{.batch = sized(16, 2), .q_len = 1,
+                                    .kv_len = sized(4096, 200), .num_heads_q = sized(128, 16),
+                                    .varlen = true, .seed = 61};
+  const testing::SparseDecodeCase sc{.batch = sized(16, 2), .q_len = 2,
+                                     .num_heads_q = sized(128, 16), .kv_len = sized(8192, 300),
+                                     .topk = sized(2048, 128), .topk_length = true, .sink = true,
+                                     .seed = 62};
+  testing::DenseDecodeData d = testing::make_dense_decode_data(dc);
+  testing::SparseDecodeData s = testing::make_sparse_decode_data(sc);
+  const MlaDecodeArgs dense = d.args(), sparse = s.args();
+  const int parts = device_parts(sparse);
+  HostTensor meta = HostTensor::empty(DType::int32, {parts, 8});
+  HostTensor splits = HostTensor::empty(DType::int32, {sc.batch + 1});
+  {
+    Mirror m;
+    struct Steps {
+      MlaDecodeArgs dense, sparse;
+      MlaMetadataArgs schedule;
+    } steps{m(dense), m(sparse), {}};
+    steps.sparse.tile_scheduler_metadata = m(meta.view(), true);
+    steps.sparse.num_splits = m(splits.view(), true);
+    steps.schedule = {.batch = sc.batch, .topk = sc.topk,
+                      .topk_length = steps.sparse.topk_length, .num_sm_parts = parts,
+                      .tile_scheduler_metadata = steps.sparse.tile_scheduler_metadata,
+                      .num_splits = steps.sparse.num_splits};
+    dev::run_as_graph(
+        [](void* p) {
+          const auto& st = *static_cast<const Steps*>(p);
+          flash_mla_with_kvcache(st.dense, context());
+          get_mla_metadata(st.schedule, context());
+          flash_mla_with_kvcache(st.sparse, context());
+        },
+        &steps, 2);
+    EXPECT_EQ(m.copy_back(), "");
+  }
+  expect_ok(testing::compare_dense_decode_with_reference(dense));
+  expect_ok(testing::compare_sparse_decode_with_reference(sparse));
+}
+
 TEST_F(GpuOps, Combine) {
   const testing::CombineCase c{.q_len = 2, .num_heads_q = sized(128, 8), .head_dim_v = 512,
                                .pieces = {1, 3, 0, 5, 2}, .sink = true, .seed = 51};
