@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "flashmla/flashmla.h"
+#include "gpu/gpu_device.h"
+#include "gpu/mirror.h"
 #include "ref/ref.h"
 #include "testing/compare.h"
 #include "testing/host_tensor.h"
@@ -22,19 +26,54 @@ using testing::SparseDecodeData;
 using testing::SparsePrefillCase;
 using testing::SparsePrefillData;
 
-// Median wall time in µs of opt.iters calls after opt.warmup untimed ones.
-template <class F>
-double median_us(const RunOptions& opt, F&& call) {
-  std::vector<double> t;
-  for (int it = 0; it < opt.warmup + opt.iters; ++it) {
-    const auto t0 = std::chrono::steady_clock::now();
-    call();
-    const auto t1 = std::chrono::steady_clock::now();
-    if (it >= opt.warmup) t.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+// Where a case's calls run: on the host, or on the CUDA device (opt.cuda), where the arguments'
+// tensors are copied once and the outputs come back with fetch().
+class Placement {
+ public:
+  explicit Placement(const RunOptions& opt) : opt_(opt), ctx_{.num_threads = opt.threads} {
+    if (opt.cuda) {
+      mirror_ = std::make_unique<gpu_testing::Mirror>(/*check_inputs=*/false);
+      ctx_.cuda_stream = gpu_testing::stream();
+    }
   }
-  std::sort(t.begin(), t.end());
-  return t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
-}
+  const Context& ctx() const { return ctx_; }
+  Device device() const { return opt_.cuda ? Device::cuda : Device::cpu; }
+  // The arguments as the calls take them (device copies with --device cuda).
+  template <class Args>
+  Args place(const Args& a) {
+    return mirror_ ? (*mirror_)(a) : a;
+  }
+  // Median time in µs of opt.iters calls after opt.warmup untimed ones: wall-clock on the host,
+  // device events around each call on the device.
+  double median_us(const std::function<void()>& call) {
+    std::vector<double> t;
+    for (int it = 0; it < opt_.warmup + opt_.iters; ++it) {
+      double us = 0;
+      if (mirror_) {
+        us = 1e6 * gpu_testing::time_on_device(
+                       [](void* f) { (*static_cast<const std::function<void()>*>(f))(); },
+                       const_cast<std::function<void()>*>(&call));
+      } else {
+        const auto t0 = std::chrono::steady_clock::now();
+        call();
+        us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                 .count();
+      }
+      if (it >= opt_.warmup) t.push_back(us);
+    }
+    std::sort(t.begin(), t.end());
+    return t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
+  }
+  // The outputs back in the host tensors (nothing to do on the host).
+  void fetch() {
+    if (mirror_) (void)mirror_->copy_back();
+  }
+
+ private:
+  const RunOptions& opt_;
+  Context ctx_;
+  std::unique_ptr<gpu_testing::Mirror> mirror_;
+};
 
 // A view of the first k requests (leading dimension sliced).
 TensorView first_rows(TensorView v, int64_t k) {
@@ -47,12 +86,13 @@ TensorView first_rows(TensorView v, int64_t k) {
 Row run_dense_decode_case(const DenseDecodeCase& cs, const RunOptions& opt) {
   DenseDecodeData data = testing::make_dense_decode_data(cs);
   MlaDecodeArgs args = data.args();
-  const Context ctx{.num_threads = opt.threads};
+  Placement at(opt);
 
-  // The schedule is computed once and reused by every call, as a model's layers would.
+  // The schedule is computed once and reused by every call, as a model's layers would (for the
+  // device: its part count, the same schedule as the device scheduler's).
   const int parts = mla_num_sm_parts(
       {.batch = cs.batch, .q_len = cs.q_len, .num_heads_q = cs.num_heads_q,
-       .num_heads_kv = cs.num_heads_kv}, ctx);
+       .num_heads_kv = cs.num_heads_kv}, at.ctx(), at.device());
   std::vector<int32_t> meta(static_cast<size_t>(parts) * 8), splits(cs.batch + 1);
   args.tile_scheduler_metadata =
       TensorView::contiguous(meta.data(), DType::int32, {parts, 8});
@@ -61,7 +101,9 @@ Row run_dense_decode_case(const DenseDecodeCase& cs, const RunOptions& opt) {
                               .tile_scheduler_metadata = args.tile_scheduler_metadata,
                               .num_splits = args.num_splits});
 
-  const double us = median_us(opt, [&] { flash_mla_with_kvcache(args, ctx); });
+  const MlaDecodeArgs placed = at.place(args);
+  const double us = at.median_us([&] { flash_mla_with_kvcache(placed, at.ctx()); });
+  at.fetch();
 
   const testing::Work work = testing::dense_decode_work(cs, data);  // FlashMLA's counting
   const double flops = work.flops, bytes = work.bytes;
@@ -95,8 +137,10 @@ Row run_dense_decode_case(const DenseDecodeCase& cs, const RunOptions& opt) {
 Row run_sparse_decode_case(const SparseDecodeCase& cs, const RunOptions& opt) {
   SparseDecodeData data = testing::make_sparse_decode_data(cs);
   MlaDecodeArgs args = data.args();
-  const Context ctx{.num_threads = opt.threads};
-  const double us = median_us(opt, [&] { flash_mla_with_kvcache(args, ctx); });
+  Placement at(opt);
+  const MlaDecodeArgs placed = at.place(args);
+  const double us = at.median_us([&] { flash_mla_with_kvcache(placed, at.ctx()); });
+  at.fetch();
 
   const testing::Work work = testing::sparse_decode_work(cs, args);  // FlashMLA's counting
   const double flops = work.flops, bytes = work.bytes;
@@ -128,8 +172,10 @@ Row run_sparse_decode_case(const SparseDecodeCase& cs, const RunOptions& opt) {
 Row run_sparse_prefill_case(const SparsePrefillCase& cs, const RunOptions& opt) {
   SparsePrefillData data = testing::make_sparse_prefill_data(cs);
   SparsePrefillArgs args = data.args();
-  const Context ctx{.num_threads = opt.threads};
-  const double us = median_us(opt, [&] { flash_mla_sparse_fwd(args, ctx); });
+  Placement at(opt);
+  const SparsePrefillArgs placed = at.place(args);
+  const double us = at.median_us([&] { flash_mla_sparse_fwd(placed, at.ctx()); });
+  at.fetch();
 
   const testing::Work work = testing::sparse_prefill_work(cs, data);  // FlashMLA's counting
   const double flops = work.flops, bytes = work.bytes;
@@ -199,9 +245,13 @@ MhaBwdArgs mha_sample(const testing::MhaData& d, int64_t k, const HostTensor& ou
 std::vector<Row> run_mha_case(const testing::MhaCase& cs, const RunOptions& opt) {
   testing::MhaData data = testing::make_mha_data(cs);
   const MhaBwdArgs args = data.bwd_args();
-  const Context ctx{.num_threads = opt.threads};
-  const double fwd_us = median_us(opt, [&] { flash_attn_varlen_fwd(args.fwd, ctx); });
-  const double bwd_us = median_us(opt, [&] { flash_attn_varlen_bwd(args, ctx); });
+  if (opt.cuda) {
+    throw Error(ErrorKind::unsupported, "flashmla_cli", "--device",
+                "cpu for the MHA prefill (it has no CUDA kernel)", "cuda");
+  }
+  Placement at(opt);
+  const double fwd_us = at.median_us([&] { flash_attn_varlen_fwd(args.fwd, at.ctx()); });
+  const double bwd_us = at.median_us([&] { flash_attn_varlen_bwd(args, at.ctx()); });
 
   const testing::MhaWork work = testing::mha_work(cs, data);  // FlashMLA's counting
   const double fwd_flops = work.fwd.flops, bwd_flops = work.bwd.flops;

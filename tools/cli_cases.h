@@ -15,6 +15,10 @@ namespace flashmla::cli {
 struct RunOptions {
   int threads = 0, warmup = 2, iters = 5;
   int check = 2;  // requests (decode) or query tokens (prefill) checked against the reference
+  // Run on the CUDA device (tests/gpu/gpu_device.h, opened by the caller): the case's tensors are
+  // copied there once, each call is timed with device events, and the outputs are copied back
+  // for the check.
+  bool cuda = false;
 };
 
 struct Row {

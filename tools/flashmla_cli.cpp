@@ -9,6 +9,7 @@
 
 #include "cli_cases.h"
 #include "flashmla/flashmla.h"
+#include "gpu/gpu_device.h"
 
 namespace {
 
@@ -25,6 +26,7 @@ struct Options {
   bool causal = false;
   int threads = 0, warmup = 2, iters = 5, check_requests = 2;
   uint64_t seed = 1;
+  std::string device = "cpu";
 };
 
 enum class Op { dense_decode, sparse_decode, sparse_prefill, mha_prefill };
@@ -111,6 +113,11 @@ int main(int argc, char** argv) {
                  "first KV head's query heads) per case checked against the reference (0 = none)")
       ->capture_default_str()->check(non_negative);
   app.add_option("--seed", opt.seed, "Random seed")->capture_default_str();
+  app.add_option("--device", opt.device,
+                 "cpu, or cuda: the case's tensors on the current CUDA device, calls timed with "
+                 "CUDA events (exit status 3 when there is none)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   const auto it = presets().find(opt.preset);
@@ -125,10 +132,21 @@ int main(int argc, char** argv) {
   const bool causal = opt.causal || pre.causal;
 
   const flashmla::cli::RunOptions run{.threads = opt.threads, .warmup = opt.warmup,
-                                      .iters = opt.iters, .check = opt.check_requests};
-  std::printf("flashmla %s | preset %s | threads %d | microkernel %s\n", flashmla::kVersion,
-              opt.preset.c_str(), flashmla::resolved_num_threads({.num_threads = opt.threads}),
-              flashmla::cpu_microkernel_name());
+                                      .iters = opt.iters, .check = opt.check_requests,
+                                      .cuda = opt.device == "cuda"};
+  if (run.cuda) {
+    std::string why;
+    if (!flashmla::gpu_testing::open_device(&why)) {
+      std::fprintf(stderr, "--device cuda: no CUDA device: %s\n", why.c_str());
+      return 3;
+    }
+    std::printf("flashmla %s | preset %s | device %s\n", flashmla::kVersion, opt.preset.c_str(),
+                flashmla::gpu_testing::device_description().c_str());
+  } else {
+    std::printf("flashmla %s | preset %s | threads %d | microkernel %s\n", flashmla::kVersion,
+                opt.preset.c_str(), flashmla::resolved_num_threads({.num_threads = opt.threads}),
+                flashmla::cpu_microkernel_name());
+  }
   std::printf("%-58s %12s %9s %9s %10s %6s\n", "case", "us", "TFLOP/s", "GB/s", "max_err",
               "check");
   bool all_ok = true;
