@@ -243,12 +243,12 @@ MhaBwdArgs mha_sample(const testing::MhaData& d, int64_t k, const HostTensor& ou
 }  // namespace
 
 std::vector<Row> run_mha_case(const testing::MhaCase& cs, const RunOptions& opt) {
-  testing::MhaData data = testing::make_mha_data(cs);
-  const MhaBwdArgs args = data.bwd_args();
   if (opt.cuda) {
     throw Error(ErrorKind::unsupported, "flashmla_cli", "--device",
                 "cpu for the MHA prefill (it has no CUDA kernel)", "cuda");
   }
+  testing::MhaData data = testing::make_mha_data(cs);
+  const MhaBwdArgs args = data.bwd_args();
   Placement at(opt);
   const double fwd_us = at.median_us([&] { flash_attn_varlen_fwd(args.fwd, at.ctx()); });
   const double bwd_us = at.median_us([&] { flash_attn_varlen_bwd(args, at.ctx()); });

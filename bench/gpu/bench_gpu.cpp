@@ -50,8 +50,7 @@ int g_reps = 5;
 double g_min_time = 0.2;
 bool g_failed = false;
 
-// `gpu` on a GPU, `harness` on the CPU harness (tiny: the harness emulates every thread).
-int64_t sized(int64_t gpu, int64_t harness) { return dev::is_gpu() ? gpu : harness; }
+using dev::sized;
 
 Context context() { return {.num_threads = 1, .cuda_stream = dev::stream()}; }
 
@@ -189,10 +188,17 @@ void register_copy_peak() {
   benchmark::RegisterBenchmark("peak.device_copy", [bytes](benchmark::State& st) {
     try {
       struct Buffers {
-        void* src;
-        void* dst;
-        size_t bytes;
-      } b{dev::allocate(bytes), dev::allocate(bytes), bytes};
+        void* src = nullptr;
+        void* dst = nullptr;
+        size_t bytes = 0;
+        ~Buffers() {
+          dev::release(src);
+          dev::release(dst);
+        }
+      } b;
+      b.bytes = bytes;
+      b.src = dev::allocate(bytes);
+      b.dst = dev::allocate(bytes);
       for (auto _ : st) {
         st.SetIterationTime(dev::time_on_device(
             [](void* p) {
@@ -202,8 +208,6 @@ void register_copy_peak() {
             &b));
       }
       st.counters["bytes"] = 2.0 * static_cast<double>(bytes);
-      dev::release(b.src);
-      dev::release(b.dst);
     } catch (const std::exception& e) {
       st.SkipWithError(e.what());
       g_failed = true;

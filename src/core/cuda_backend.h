@@ -23,8 +23,8 @@ struct CudaBackend {
   const char* name;  // "nvcc" (the GPU build) or "harness" (the CPU harness)
   // Multiprocessors of the current device.
   int (*sm_count)(void* stream);
-  // Stream-ordered allocation (cudaMallocAsync / cudaFreeAsync): the memory may be released as
-  // soon as the kernels queued before the release have run.
+  // Stream-ordered allocation (cudaMallocFromPoolAsync / cudaFreeAsync): the memory may be
+  // released as soon as the kernels queued before the release have run.
   void* (*allocate)(size_t bytes, void* stream);
   void (*release)(void* ptr, void* stream);  // never throws (called from destructors)
   // get_mla_metadata on the device (cuda/decode/scheduler.h).

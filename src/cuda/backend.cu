@@ -1,11 +1,15 @@
 // The backend table (core::CudaBackend) over this build's kernels. Under nvcc: the current
-// device's multiprocessor count and cudaMallocAsync / cudaFreeAsync on the call's stream. In the
+// device's multiprocessor count and stream-ordered allocation (cudaMallocFromPoolAsync from the
+// library's pool / cudaFreeAsync) on the call's stream. In the
 // CPU harness: host memory (the harness's "device" memory is the host's) and a fixed SM count.
 #include "cuda/backend.h"
 
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string_view>
 
 #include "cuda/common/portable.h"
@@ -39,9 +43,36 @@ int sm_count(void*) {
   return count;
 }
 
+// The library's own stream-ordered memory pool per device, which keeps what is freed for the
+// next call (release threshold: unlimited) instead of returning it to the driver at every
+// synchronisation, as the device's default pool does with its threshold of 0; without it every
+// decode call without a schedule would map its split buffers again. The default pool, which
+// the application may have configured, is left alone. Holds at most the largest scratch of a
+// call (the split accumulators) per device, for the life of the process.
+cudaMemPool_t pool_of(int device) {
+  static std::mutex mutex;
+  static std::map<int, cudaMemPool_t> pools;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = pools.find(device); it != pools.end()) return it->second;
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device;
+  cudaMemPool_t pool = nullptr;
+  check(cudaMemPoolCreate(&pool, &props), "cudaMemPoolCreate");
+  uint64_t threshold = UINT64_MAX;
+  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold),
+        "cudaMemPoolSetAttribute(ReleaseThreshold)");
+  pools.emplace(device, pool);
+  return pool;
+}
+
 void* allocate(size_t bytes, void* stream) {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
   void* p = nullptr;
-  check(cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)), "cudaMallocAsync");
+  check(cudaMallocFromPoolAsync(&p, bytes, pool_of(device), static_cast<cudaStream_t>(stream)),
+        "cudaMallocFromPoolAsync");
   return p;
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <ostream>
 #include <string>
 
@@ -18,12 +19,15 @@ inline const char* kernels_name(Kernels k) { return k == Kernels::picked ? "pick
 // (GoogleTest prints a parameter with this.)
 inline void PrintTo(Kernels k, std::ostream* os) { *os << kernels_name(k); }
 
-// Opens the device for the process; false with `why` when there is none (no GPU, no driver).
+// Opens the device for the process; false with `why` when there is none (no GPU, no driver, a
+// GPU older than compute capability 8.0, a build without CUDA).
 bool open_device(std::string* why);
 // "NVIDIA H100 80GB HBM3 (compute capability 9.0, 132 SMs)" or "CPU harness".
 std::string device_description();
 // Whether the device is a GPU: test shapes are then those of the models, else small ones.
 bool is_gpu();
+// `gpu` on a GPU, `harness` on the CPU harness (which emulates every CUDA thread: tiny shapes).
+inline int64_t sized(int64_t gpu, int64_t harness) { return is_gpu() ? gpu : harness; }
 void select_kernels(Kernels kernels);
 
 // The stream every call of the suite runs on (Context::cuda_stream).
@@ -44,7 +48,7 @@ void run_as_graph(void (*queue)(void*), void* arg, int launches);
 // Seconds the work that `queue` puts on stream() takes on the device: events recorded on the
 // stream around it, waited for (GPU); the wall-clock time of the call (harness).
 double time_on_device(void (*queue)(void*), void* arg);
-// Evicts the device's L2 cache (a memset of a buffer four times its size, on stream(), waited
+// Evicts the device's L2 cache (a memset of max(4 x its size, 64 MiB) on stream(), not waited
 // for), as FlashMLA's benchmarks do between timed calls; nothing in the harness.
 void flush_l2();
 // Device-to-device copy of `bytes` on stream(), not waited for.
@@ -52,9 +56,9 @@ void copy_on_device(void* dst, const void* src, size_t bytes);
 
 // The device's limits for the roofline. Memory: 2 x memory clock x bus width (double data
 // rate). Tensor cores (dense bf16 in, fp32 accumulate): NVIDIA's published figure for the
-// data-centre parts it knows by compute capability and SM count (A100, H100/H800/H200, B200),
-// else SMs x clock x the architecture's dense FLOP/clk per SM (8.0: 2048, 9.0: 4096, 10.0:
-// 8192), else 0 (unknown: consumer parts' fp32-accumulate rate varies by product).
+// data-centre parts it knows by name (A100/A800, H100 SXM/PCIe/NVL, H200, H800, H20, B200),
+// else an upper bound, SMs x clock x the architecture's dense FLOP/clk per SM (8.0: 2048, 9.0:
+// 4096, 10.0: 8192), else 0 (unknown: consumer parts' fp32-accumulate rate varies by product).
 struct DeviceLimits {
   double dram_bytes_per_s = 0;
   double bf16_flops_per_s = 0;

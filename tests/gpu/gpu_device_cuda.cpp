@@ -14,6 +14,9 @@ namespace flashmla::gpu_testing {
 namespace {
 
 cudaStream_t g_stream = nullptr;
+// FLASHMLA_CUDA_PORTABLE as the process started: Kernels::picked restores it.
+bool g_portable_env_set = false;
+std::string g_portable_env;
 
 void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
@@ -34,6 +37,21 @@ bool open_device(std::string* why) {
     *why = "cudaGetDeviceCount: no CUDA device";
     return false;
   }
+  int device = 0, major = 0, minor = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+        "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+        "cudaDeviceGetAttribute");
+  if (major < 8) {  // no SASS or PTX of this build runs there
+    *why = "device " + std::to_string(device) + " has compute capability " +
+           std::to_string(major) + "." + std::to_string(minor) + "; the kernels need 8.0 or newer";
+    return false;
+  }
+  if (const char* env = std::getenv("FLASHMLA_CUDA_PORTABLE")) {
+    g_portable_env_set = true;
+    g_portable_env = env;
+  }
   check(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking), "cudaStreamCreate");
   return true;
 }
@@ -52,6 +70,8 @@ bool is_gpu() { return true; }
 void select_kernels(Kernels kernels) {
   if (kernels == Kernels::portable) {
     setenv("FLASHMLA_CUDA_PORTABLE", "1", 1);
+  } else if (g_portable_env_set) {  // the library's choice, with the user's setting
+    setenv("FLASHMLA_CUDA_PORTABLE", g_portable_env.c_str(), 1);
   } else {
     unsetenv("FLASHMLA_CUDA_PORTABLE");
   }
@@ -128,8 +148,9 @@ void flush_l2() {
     bytes = std::max<size_t>(size_t{4} * l2, size_t{64} << 20);
     buffer = allocate(bytes);
   }
+  // Not waited for: the timed call's start event follows it on the stream, and the host queues
+  // the call meanwhile, so its host-side work is not in the measured time.
   check(cudaMemsetAsync(buffer, 0, bytes, g_stream), "cudaMemsetAsync (L2 flush)");
-  check(cudaStreamSynchronize(g_stream), "cudaStreamSynchronize (L2 flush)");
 }
 
 void copy_on_device(void* dst, const void* src, size_t bytes) {
@@ -151,29 +172,32 @@ DeviceLimits device_limits() {
   DeviceLimits l;
   l.dram_bytes_per_s = 2.0 * mem_khz * 1e3 * bus_bits / 8;
   // NVIDIA's dense bf16 figures (fp32 accumulation, no sparsity) for the parts this library is
-  // tuned for, by compute capability and SM count.
+  // tuned for, by product name (most specific first: "H200" also contains "H20").
   struct Known {
-    int major, minor, sms;
-    double flops;
     const char* name;
+    double flops;
   };
   static constexpr Known kKnown[] = {
-      {8, 0, 108, 312e12, "A100 (NVIDIA: 312 TFLOP/s)"},
-      {9, 0, 132, 989e12, "H100/H800/H200 SXM (NVIDIA: 989 TFLOP/s)"},
-      {9, 0, 114, 756e12, "H100 PCIe (NVIDIA: 756 TFLOP/s)"},
-      {10, 0, 148, 2250e12, "B200 (NVIDIA: 2250 TFLOP/s)"},
+      {"H100 NVL", 835e12}, {"H100 PCIe", 756e12}, {"H100", 989e12}, {"H200", 989e12},
+      {"H800", 989e12},     {"H20", 148e12},       {"A100", 312e12}, {"A800", 312e12},
+      {"B200", 2250e12},
   };
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  const std::string name = prop.name;
   for (const Known& k : kKnown) {
-    if (k.major == major && k.minor == minor && k.sms == sms) {
+    if (name.find(k.name) != std::string::npos) {
       l.bf16_flops_per_s = k.flops;
-      l.flops_basis = k.name;
+      l.flops_basis = std::string(k.name) + " (NVIDIA: " + std::to_string(int(k.flops / 1e12)) +
+                      " TFLOP/s)";
       return l;
     }
   }
   const int per_clk = major == 8 && minor == 0 ? 2048 : major == 9 ? 4096 : major == 10 ? 8192 : 0;
   l.bf16_flops_per_s = double(sms) * clock_khz * 1e3 * per_clk;
-  l.flops_basis = per_clk ? std::to_string(sms) + " SMs x " + std::to_string(clock_khz / 1000) +
-                                " MHz x " + std::to_string(per_clk) + " FLOP/clk"
+  l.flops_basis = per_clk ? "an upper bound: " + std::to_string(sms) + " SMs x " +
+                                std::to_string(clock_khz / 1000) + " MHz x " +
+                                std::to_string(per_clk) + " FLOP/clk"
                           : "unknown for compute capability " + std::to_string(major) + "." +
                                 std::to_string(minor);
   return l;

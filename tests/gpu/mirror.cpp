@@ -1,6 +1,7 @@
 #include "gpu/mirror.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "gpu/gpu_device.h"
 
@@ -31,6 +32,12 @@ TensorView Mirror::operator()(const TensorView& v, bool output) {
       e.output |= output;
       d.data = static_cast<uint8_t*>(e.device) + (begin - e.host);
       return d;
+    }
+    if (begin < e.host + e.bytes && e.host < begin + bytes) {
+      // Two device copies of the same bytes would lose the aliasing, and copy_back() could
+      // write stale bytes over results.
+      throw std::logic_error("Mirror: a view overlaps a buffer uploaded before without lying "
+                             "inside it; upload the enclosing view first");
     }
   }
   Entry e{.host = begin, .bytes = bytes, .output = output, .device = allocate(bytes)};
@@ -69,6 +76,10 @@ MlaCombineArgs Mirror::operator()(const MlaCombineArgs& a) {
   d.out = (*this)(a.out, /*output=*/true);
   d.lse = (*this)(a.lse, /*output=*/true);
   return d;
+}
+
+void Mirror::upload_again() {
+  for (const Entry& e : entries_) copy_to_device(e.device, e.host, e.bytes);
 }
 
 std::string Mirror::copy_back() {

@@ -27,13 +27,18 @@ class Mirror {
   ~Mirror();
 
   // The device view of `v` (undefined stays undefined). Views inside a buffer already uploaded
-  // share its device copy. An output comes back with copy_back().
+  // share its device copy; one that overlaps it only partly (or contains it) is an error
+  // (std::logic_error). An output comes back with copy_back().
   TensorView operator()(const TensorView& v, bool output = false);
 
   // Every tensor of a decode call (out and lse as outputs; a given schedule as an input).
   MlaDecodeArgs operator()(const MlaDecodeArgs& a);
   SparsePrefillArgs operator()(const SparsePrefillArgs& a);
   MlaCombineArgs operator()(const MlaCombineArgs& a);
+
+  // Copies every host tensor to the device again (the outputs too: before copy_back(), still
+  // the host's NaN), e.g. to undo a warm-up call.
+  void upload_again();
 
   // Waits for the device, copies every output back over its host tensor and, with
   // check_inputs, compares every input with what was uploaded: "" when none changed, else what
