@@ -179,13 +179,37 @@ __global__ void gather_tiles(cuda::SparseKvPoolArgs pool, int kind, int aligned,
   }
 }
 
+// The same through the staging copy the SM90 kernel uses for aligned pools: cp.async of the raw
+// token bytes into shared memory, then the dequantisation from there.
+__global__ void stage_tiles(cuda::SparseKvPoolArgs pool, int kind, int d_qk, const int32_t* slots,
+                            uint16_t* rows) {
+  const int ldk = d_qk + 8;
+  auto* sk = reinterpret_cast<uint16_t*>(cuda::dynamic_smem());
+  auto* s_slot = reinterpret_cast<int32_t*>(sk + 64 * ldk);
+  auto* stage = reinterpret_cast<uint8_t*>(s_slot + 64);
+  if (threadIdx.x < 64) s_slot[threadIdx.x] = slots[blockIdx.x * 64 + threadIdx.x];
+  __syncthreads();
+  cuda::stage_kv_tile(pool, kind, s_slot, 64, stage, d_qk);
+  cuda::cp_async_commit();
+  cuda::cp_async_wait<0>();
+  __syncthreads();
+  cuda::dequant_kv_tile(cuda::StagedTokens{stage, cuda::stage_stride(kind, d_qk)}, kind, true,
+                        s_slot, 64, [=](int t, int c8) { return sk + t * ldk + 8 * c8; }, d_qk);
+  __syncthreads();
+  for (int i = static_cast<int>(threadIdx.x); i < 64 * d_qk; i += static_cast<int>(blockDim.x)) {
+    rows[(blockIdx.x * 64 + i / d_qk) * d_qk + i % d_qk] = sk[(i / d_qk) * ldk + i % d_qk];
+  }
+}
+
 // Random bytes in every field (every e4m3 code, NaN codes, any fp32 / UE8M0 scale including
 // 0 and 255, any RoPE bits), each token gathered once in a shuffled order with -1 slots mixed
 // in: the rows equal dequantize_kv_cache's bit for bit (NaN payloads included), -1 rows are 0.
+// Gathered from the pool with 16-byte loads (aligned), bytewise, and through the staging copy.
 TEST(CudaSparseKvTile, DequantisesLikeTheCodec) {
   for (KvFormat format : {KvFormat::v32, KvFormat::model1}) {
-    for (int aligned : {1, 0}) {
-      SCOPED_TRACE(std::string(kv_format_name(format)) + (aligned ? " aligned" : " bytewise"));
+    for (int aligned : {1, 0, 2}) {  // 2: staged
+      SCOPED_TRACE(std::string(kv_format_name(format)) +
+                   (aligned == 2 ? " staged" : aligned ? " aligned" : " bytewise"));
       const KvFormatInfo f = kv_format_info(format);
       const int64_t num_blocks = 3, page = 44, d_qk = f.d_qk, bpt = f.bytes_per_token;
       const int64_t tokens = num_blocks * page, tiles = 3;
@@ -210,8 +234,14 @@ TEST(CudaSparseKvTile, DequantisesLikeTheCodec) {
       const int kind = format == KvFormat::v32 ? cuda::kSparseKvV32 : cuda::kSparseKvModel1;
       std::vector<uint16_t> rows(static_cast<size_t>(tiles * 64 * d_qk), 0xAAAA);
       const int smem = static_cast<int>(64 * (d_qk + 8) * 2 + 64 * 4);
-      FMLA_LAUNCH(gather_tiles, dim3(static_cast<unsigned>(tiles)), dim3(128), smem, nullptr,
-                  pool, kind, aligned, static_cast<int>(d_qk), slots.data(), rows.data());
+      if (aligned == 2) {
+        const int staged_smem = smem + 64 * cuda::stage_stride(kind, static_cast<int>(d_qk));
+        FMLA_LAUNCH(stage_tiles, dim3(static_cast<unsigned>(tiles)), dim3(128), staged_smem,
+                    nullptr, pool, kind, static_cast<int>(d_qk), slots.data(), rows.data());
+      } else {
+        FMLA_LAUNCH(gather_tiles, dim3(static_cast<unsigned>(tiles)), dim3(128), smem, nullptr,
+                    pool, kind, aligned, static_cast<int>(d_qk), slots.data(), rows.data());
+      }
       int64_t bad = 0;
       for (size_t i = 0; i < slots.size(); ++i) {
         for (int64_t c = 0; c < d_qk; ++c) {

@@ -175,6 +175,16 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
 #endif
 }
 
+// cp.async.ca.shared.global of 8 bytes (both addresses 8-byte aligned).
+__device__ __forceinline__ void cp_async_8(void* smem_dst, const void* gmem_src) {
+#if defined(__CUDA_ARCH__)
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" :: "r"(dst), "l"(gmem_src));
+#elif !defined(__CUDACC__)
+  ::flashmla::cuda_harness::cp_async(smem_dst, gmem_src, 8, 8);
+#endif
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__)
   asm volatile("cp.async.commit_group;\n" ::);

@@ -6,8 +6,10 @@
 // 128-byte-swizzled slabs - once per 64 heads (the SM80 kernel: per 16) - then S = Q K^T, online
 // softmax, O += P V as common/wgmma_attention.cuh. Unsplit requests are finalised with the sink;
 // split pieces go to the accumulators for the combine.
-// Not yet: overlap of the gather with the wgmma (the dequantisation passes through registers, so
-// it needs producer warps, not cp.async), a 128-head CTA.
+// With a 16-byte aligned pool, the next tile's raw token bytes are copied by cp.async into a
+// staging buffer while this tile's wgmma runs, and dequantised from shared memory; the
+// dequantisation itself still runs between the products (overlapping it too needs producer
+// warps). Not yet: a 128-head CTA.
 #include <cmath>
 
 #include "cuda/common/portable.h"
@@ -28,13 +30,18 @@ using namespace wgmma_attention;
 __host__ __device__ constexpr int slabs(int d_qk) { return d_qk / 64; }
 
 // Shared memory from a 1024-byte aligned base: Q (64 heads), the KV tile (64 tokens), P, the two
-// warpgroups' row maxima and sums, the tile's slots; plus 1 KiB to align the base.
+// warpgroups' row maxima and sums, the slots of this tile and the next, the next tile's raw
+// token bytes (staging); plus 1 KiB to align the base.
 __host__ __device__ constexpr int p_offset(int d) { return 2 * slabs(d) * kSlab; }  // Q, KV first
 __host__ __device__ constexpr int stats_offset(int d) { return p_offset(d) + kSlab; }
+__host__ __device__ constexpr int stage_offset(int d) {
+  return stats_offset(d) + (2 * 2 * kRows + 2 * kTile) * 4;
+}
 __host__ __device__ constexpr int smem_bytes(int d) {
-  return stats_offset(d) + (2 * 2 * kRows + kTile) * 4 + 1024;
+  return stage_offset(d) + kTile * max_stage_stride(d) + 1024;
 }
 static_assert(smem_bytes(576) <= 227 * 1024, "fits the 227 KiB per block of sm_90");
+static_assert(stage_offset(512) % 16 == 0 && stage_offset(576) % 16 == 0, "cp.async alignment");
 
 #if defined(FMLA_SM90_BODY)
 constexpr float kInf = INFINITY;
@@ -69,7 +76,11 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm90(const SparseDe
   unsigned char* sp = smem + p_offset(kD);
   float* s_max = reinterpret_cast<float*>(smem + stats_offset(kD));  // [warpgroup][row]
   float* s_sum = s_max + 2 * kRows;
-  int32_t* s_slot = reinterpret_cast<int32_t*>(s_sum + 2 * kRows);
+  int32_t* s_slots = reinterpret_cast<int32_t*>(s_sum + 2 * kRows);  // [tile parity][column]
+  uint8_t* stage = smem + stage_offset(kD);
+  // Aligned pools: each tile's token bytes are copied (cp.async) into `stage` while the tile
+  // before it is computed, then dequantised from there. Unaligned ones: gathered in place.
+  const bool staged = a.kv_aligned;
   const uint32_t q_addr = smem_address(sq), kv_addr = smem_address(skv);
 
   const int lane = lane_id();
@@ -88,18 +99,48 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm90(const SparseDe
     FMLA_UNROLL
     for (auto& t : o) t = 0.0f;
 
-    for (int64_t blk = piece.blk0; blk < piece.blk1; ++blk) {
-      __syncthreads();  // the previous tile's readers are done
-      const SparseKvPoolArgs& pool = sparse_block_slots(a, piece, r, s, blk, 0, kTile, s_slot);
+    if (staged && piece.blk0 < piece.blk1) {  // the first tile's copy
+      __syncthreads();  // the previous piece's readers of the slots and the staging are done
+      const SparseKvPoolArgs& pool =
+          sparse_block_slots(a, piece, r, s, piece.blk0, 0, kTile, s_slots);
       __syncthreads();
+      stage_kv_tile(pool, a.kv_kind, s_slots, kTile, stage, kD);
+      cp_async_commit();
+    }
+    for (int64_t blk = piece.blk0; blk < piece.blk1; ++blk) {
+      int32_t* s_slot = s_slots + kTile * ((blk - piece.blk0) & 1);
+      __syncthreads();  // the previous tile's readers are done
+      const SparseKvPoolArgs* pool = &a.main;
+      if (staged) {
+        cp_async_wait<0>();  // this thread's copies of this tile
+        __syncthreads();     // and everyone's
+      } else {
+        pool = &sparse_block_slots(a, piece, r, s, blk, 0, kTile, s_slot);
+        __syncthreads();
+      }
       // Blocks without a valid slot change nothing (the CPU's n == 0): the same answer in
       // every warp.
-      if (!__any_sync(kFullMask, s_slot[lane] >= 0 || s_slot[lane + 32] >= 0)) continue;
-      gather_kv_tile(
-          pool, a.kv_kind, a.kv_aligned, s_slot, kTile,
-          [=](int t, int c8) { return slab_chunk(skv, t, c8); }, kD);
-      fence_proxy_async();  // Q and the tile, for the wgmma
-      __syncthreads();
+      const bool any = __any_sync(kFullMask, s_slot[lane] >= 0 || s_slot[lane + 32] >= 0);
+      if (any) {
+        const auto chunk = [=](int t, int c8) { return slab_chunk(skv, t, c8); };
+        if (staged) {
+          dequant_kv_tile(StagedTokens{stage, stage_stride(a.kv_kind, kD)}, a.kv_kind, true,
+                          s_slot, kTile, chunk, kD);
+        } else {
+          gather_kv_tile(*pool, a.kv_kind, a.kv_aligned, s_slot, kTile, chunk, kD);
+        }
+        fence_proxy_async();  // Q and the tile, for the wgmma
+      }
+      if (staged && blk + 1 < piece.blk1) {  // the next tile's copy, under this tile's wgmma
+        int32_t* next = s_slots + kTile * ((blk + 1 - piece.blk0) & 1);
+        const SparseKvPoolArgs& next_pool = sparse_block_slots(a, piece, r, s, blk + 1, 0, kTile, next);
+        __syncthreads();  // its slots; and every read of the staging above is done
+        stage_kv_tile(next_pool, a.kv_kind, next, kTile, stage, kD);
+        cp_async_commit();
+      } else {
+        __syncthreads();
+      }
+      if (!any) continue;
 
       float sc[16];
       scores<kD>(sc, q_addr, kv_addr, pl);

@@ -80,14 +80,61 @@ FMLA_UNROLL
   *reinterpret_cast<Bytes16*>(hi_dst) = out[1];
 }
 
-// Fills tokens [0, tokens) of a tile from the slots in s_slot (-1: zeros); `chunk(t, c)` is where
-// channels 8c..8c+7 of token t go (16-byte aligned). Every thread of the block takes part; the
-// caller synchronises before and after. `aligned`: the pool's data and strides are multiples
-// of 16 bytes.
-template <class ChunkAt>
-__device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int kind, bool aligned,
-                                               const int32_t* s_slot, int tokens, ChunkAt chunk,
-                                               int d_qk) {
+// Where a tile's token bytes are read from: the pool in global memory, or a staging copy in
+// shared memory (stage_kv_tile below). token(t, v): the first byte of token t (slot v) as the
+// pool lays it out (V32: 656 bytes; MODEL1: 576; bf16: 2 d_qk); model1_scales(t, v): its 8
+// UE8M0 scale bytes (7 used).
+struct PoolTokens {
+  const SparseKvPoolArgs& pool;
+  __device__ __forceinline__ const uint8_t* block(int32_t v) const {
+    return pool.data + (v / pool.page_block_size) * pool.block_stride_bytes;
+  }
+  __device__ __forceinline__ const uint8_t* token(int kind, int32_t v) const {
+    const int64_t off = v % pool.page_block_size;
+    return block(v) + off * (kind == kSparseKvV32      ? 656
+                             : kind == kSparseKvModel1 ? 576
+                                                       : pool.token_stride_bytes);
+  }
+  __device__ __forceinline__ const uint8_t* model1_scales(int32_t v) const {
+    return block(v) + 576 * pool.page_block_size + 8 * (v % pool.page_block_size);
+  }
+  __device__ __forceinline__ const uint8_t* token(int kind, int /*t*/, int32_t v) const {
+    return token(kind, v);
+  }
+  __device__ __forceinline__ const uint8_t* model1_scales(int /*t*/, int32_t v) const {
+    return model1_scales(v);
+  }
+};
+
+// Bytes per token in a staging copy: V32 656; MODEL1 576 + 8 scale bytes at 576, padded to 592;
+// bf16 2 d_qk. All multiples of 16.
+__host__ __device__ constexpr int stage_stride(int kind, int d_qk) {
+  return kind == kSparseKvV32 ? 656 : kind == kSparseKvModel1 ? 592 : 2 * d_qk;
+}
+// The largest of those for a d_qk (what a staging buffer of `tokens` tokens needs per token).
+__host__ __device__ constexpr int max_stage_stride(int d_qk) {
+  return 2 * d_qk > 656 ? 2 * d_qk : 656;
+}
+
+struct StagedTokens {
+  const uint8_t* stage;
+  int stride;
+  __device__ __forceinline__ const uint8_t* token(int, int t, int32_t) const {
+    return stage + t * stride;
+  }
+  __device__ __forceinline__ const uint8_t* model1_scales(int t, int32_t) const {
+    return stage + t * stride + 576;
+  }
+};
+
+// Fills tokens [0, tokens) of a tile from the slots in s_slot (-1: zeros), reading each token's
+// bytes from `src` (PoolTokens or StagedTokens); `chunk(t, c)` is where channels 8c..8c+7 of
+// token t go (16-byte aligned). Every thread of the block takes part; the caller synchronises
+// before and after. `aligned`: the bytes are 16-byte aligned (a staging copy always is).
+template <class Source, class ChunkAt>
+__device__ __forceinline__ void dequant_kv_tile(const Source& src, int kind, bool aligned,
+                                                const int32_t* s_slot, int tokens, ChunkAt chunk,
+                                                int d_qk) {
   // Work items per token, 16 source bytes each: bf16 rows in chunks of 8 channels; FP8 tokens
   // in chunks of 16 quantised channels, then the 64 bf16 RoPE channels in 8 chunks.
   const int d_nope = kind == kSparseKvV32 ? 512 : 448;
@@ -107,13 +154,10 @@ __device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int
       if (fp8_values) *reinterpret_cast<Bytes16*>(chunk(t, c8 + 1)) = zero;
       continue;
     }
-    const int64_t blk = v / pool.page_block_size, off = v % pool.page_block_size;
-    const uint8_t* block = pool.data + blk * pool.block_stride_bytes;
+    const uint8_t* tok = src.token(kind, t, v);
     if (kind == kSparseKvBf16) {
-      *reinterpret_cast<Bytes16*>(dst) =
-          load_bytes16(block + off * pool.token_stride_bytes + 16 * c, aligned);
+      *reinterpret_cast<Bytes16*>(dst) = load_bytes16(tok + 16 * c, aligned);
     } else if (kind == kSparseKvV32) {  // 512 e4m3 | 4 fp32 scales | 64 bf16
-      const uint8_t* tok = block + 656 * off;
       if (fp8_values) {
         const uint8_t* sp = tok + 512 + 4 * (c / 8);
         uint32_t bits = 0;
@@ -124,14 +168,44 @@ __device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int
         *reinterpret_cast<Bytes16*>(dst) = load_bytes16(tok + 528 + 16 * (c - fp8_chunks), aligned);
       }
     } else {  // MODEL1: 448 e4m3 | 64 bf16 per token; 7 UE8M0 + pad per token after the block
-      const uint8_t* tok = block + 576 * off;
       if (fp8_values) {
-        const uint8_t* scales = block + 576 * pool.page_block_size + 8 * off;
-        dequant16(load_bytes16(tok + 16 * c, aligned), ue8m0_to_float(scales[c / 4]), dst,
-                  chunk(t, c8 + 1));
+        dequant16(load_bytes16(tok + 16 * c, aligned),
+                  ue8m0_to_float(src.model1_scales(t, v)[c / 4]), dst, chunk(t, c8 + 1));
       } else {
         *reinterpret_cast<Bytes16*>(dst) = load_bytes16(tok + 448 + 16 * (c - fp8_chunks), aligned);
       }
+    }
+  }
+}
+
+// The tile straight from the pool.
+template <class ChunkAt>
+__device__ __forceinline__ void gather_kv_tile(const SparseKvPoolArgs& pool, int kind, bool aligned,
+                                               const int32_t* s_slot, int tokens, ChunkAt chunk,
+                                               int d_qk) {
+  dequant_kv_tile(PoolTokens{pool}, kind, aligned, s_slot, tokens, chunk, d_qk);
+}
+
+// Starts copying the raw bytes of the tile's valid tokens into `stage` (stage_stride(kind, d_qk)
+// bytes per token) with cp.async, without waiting: the caller commits, and waits before
+// dequant_kv_tile(StagedTokens{...}) reads them, so the copy overlaps whatever runs between.
+// Needs a 16-byte aligned pool (SparseDecodeArgs::kv_aligned). Every thread takes part.
+__device__ __forceinline__ void stage_kv_tile(const SparseKvPoolArgs& pool, int kind,
+                                              const int32_t* s_slot, int tokens, uint8_t* stage,
+                                              int d_qk) {
+  const PoolTokens src{pool};
+  const int stride = stage_stride(kind, d_qk);
+  // 16-byte pieces per token (MODEL1: 36 of the token, then one of 8 scale bytes).
+  const int pieces = kind == kSparseKvV32 ? 41 : kind == kSparseKvModel1 ? 37 : 2 * d_qk / 16;
+  const int step = static_cast<int>(blockDim.x);
+  for (int it = static_cast<int>(threadIdx.x); it < tokens * pieces; it += step) {
+    const int t = it / pieces, c = it % pieces;
+    const int32_t v = s_slot[t];
+    if (v < 0) continue;  // dequant_kv_tile writes its zeros without reading
+    if (kind == kSparseKvModel1 && c == 36) {
+      cp_async_8(stage + t * stride + 576, src.model1_scales(v));
+    } else {
+      cp_async_16(stage + t * stride + 16 * c, src.token(kind, v) + 16 * c, 16);
     }
   }
 }
