@@ -109,12 +109,10 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm90(const SparseDe
     }
     for (int64_t blk = piece.blk0; blk < piece.blk1; ++blk) {
       int32_t* s_slot = s_slots + kTile * ((blk - piece.blk0) & 1);
-      __syncthreads();  // the previous tile's readers are done
+      if (staged) cp_async_wait<0>();  // this thread's copies of this tile
+      __syncthreads();  // the previous tile's readers are done (staged: everyone's copies landed)
       const SparseKvPoolArgs* pool = &a.main;
-      if (staged) {
-        cp_async_wait<0>();  // this thread's copies of this tile
-        __syncthreads();     // and everyone's
-      } else {
+      if (!staged) {
         pool = &sparse_block_slots(a, piece, r, s, blk, 0, kTile, s_slot);
         __syncthreads();
       }
@@ -133,7 +131,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_decode_sm90(const SparseDe
       }
       if (staged && blk + 1 < piece.blk1) {  // the next tile's copy, under this tile's wgmma
         int32_t* next = s_slots + kTile * ((blk + 1 - piece.blk0) & 1);
-        const SparseKvPoolArgs& next_pool = sparse_block_slots(a, piece, r, s, blk + 1, 0, kTile, next);
+        const SparseKvPoolArgs& next_pool =
+            sparse_block_slots(a, piece, r, s, blk + 1, 0, kTile, next);
         __syncthreads();  // its slots; and every read of the staging above is done
         stage_kv_tile(next_pool, a.kv_kind, next, kTile, stage, kD);
         cp_async_commit();
