@@ -15,7 +15,8 @@
 //
 // Exit status: 0, 1 when a case failed, 3 when there is no device (nothing measured; the reason
 // on stderr). Built a second time on the CPU harness (flashmla_bench_gpu_harness: tiny shapes,
-// wall-clock time), where ctest runs it so that this code is exercised without a GPU.
+// wall-clock time), which tests/python/test_bench.py runs through run_bench.py, so that this
+// code is exercised without a GPU.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -158,7 +159,7 @@ void register_case(const std::string& name, std::function<std::unique_ptr<Run>()
         Run& r = cached(name, make);
         dev::select_kernels(k);
         r.call();  // warm-up, outside the timing (and where a failure shows first)
-        (void)dev::time_on_device([](void*) {}, nullptr);
+        (void)dev::time_on_device([](void*) {}, nullptr);  // waits for it
         for (auto _ : st) {
           dev::flush_l2();
           st.SetIterationTime(dev::time_on_device(
