@@ -23,7 +23,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
 #include <functional>
 #include <memory>
 #include <set>
@@ -31,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench_util.h"
 #include "flashmla/flashmla.h"
 #include "flashmla/kv_format.h"
 #include "gpu/gpu_device.h"
@@ -45,39 +45,23 @@ namespace flashmla::bench_gpu {
 namespace {
 
 namespace dev = gpu_testing;
+using bench::guarded;
+using bench::options;
 using testing::HostTensor;
-
-int g_reps = 5;
-double g_min_time = 0.2;
-bool g_failed = false;
 
 using dev::sized;
 
 Context context() { return {.num_threads = 1, .cuda_stream = dev::stream()}; }
 
-// One case's data: the host copies (kept for the Mirror), the device copies, and the call.
-struct Run {
+// One case's data: the host copies (kept for the Mirror), the device copies, and the call. Kept
+// by bench::cached_as while its case runs, so one case's data are on the device at a time.
+struct Run : bench::CaseData {
   std::shared_ptr<void> host;  // the generated case
   std::vector<HostTensor> extra;  // schedule, FP8 cache
   std::unique_ptr<dev::Mirror> mirror = std::make_unique<dev::Mirror>(/*check_inputs=*/false);
   std::function<void()> call;  // queues the call on the device's stream
   double flops = 0, bytes = 0;
 };
-
-// The data of the case being run (Google Benchmark calls a case's function several times; the
-// data are made on the first call and dropped when another case asks, so one case's data are
-// on the device at a time).
-Run& cached(const std::string& key, const std::function<std::unique_ptr<Run>()>& make) {
-  static std::string current;
-  static std::unique_ptr<Run> run;
-  if (current != key || !run) {
-    run.reset();
-    current.clear();
-    run = make();
-    current = key;
-  }
-  return *run;
-}
 
 // The schedule of a decode call, computed on the device once and given to every call.
 void attach_schedule(Run& r, MlaDecodeArgs& da, MlaMetadataArgs m) {
@@ -155,8 +139,8 @@ void register_case(const std::string& name, std::function<std::unique_ptr<Run>()
   for (dev::Kernels k : {dev::Kernels::picked, dev::Kernels::portable}) {
     const std::string full = name + "." + dev::kernels_name(k);
     benchmark::RegisterBenchmark(full.c_str(), [name, make, k](benchmark::State& st) {
-      try {
-        Run& r = cached(name, make);
+      guarded(st, [&] {
+        Run& r = bench::cached_as<Run>(name, make);
         dev::select_kernels(k);
         r.call();  // warm-up, outside the timing (and where a failure shows first)
         (void)dev::time_on_device([](void*) {}, nullptr);  // waits for it
@@ -168,17 +152,14 @@ void register_case(const std::string& name, std::function<std::unique_ptr<Run>()
         st.SetLabel(dev::kernels_name(k));
         st.counters["flops"] = r.flops;
         st.counters["bytes"] = r.bytes;
-      } catch (const std::exception& e) {
-        st.SkipWithError(e.what());
-        g_failed = true;
-      }
+      });
       dev::select_kernels(dev::Kernels::picked);
     })
         ->UseManualTime()
         ->Unit(benchmark::kMicrosecond)
-        ->Repetitions(g_reps)
+        ->Repetitions(options().repetitions)
         ->ReportAggregatesOnly(true)
-        ->MinTime(g_min_time);
+        ->MinTime(options().min_time);
   }
 }
 
@@ -187,7 +168,7 @@ void register_case(const std::string& name, std::function<std::unique_ptr<Run>()
 void register_copy_peak() {
   const size_t bytes = static_cast<size_t>(sized(int64_t{1} << 30, int64_t{16} << 20));
   benchmark::RegisterBenchmark("peak.device_copy", [bytes](benchmark::State& st) {
-    try {
+    guarded(st, [&] {
       struct Buffers {
         void* src = nullptr;
         void* dst = nullptr;
@@ -209,16 +190,13 @@ void register_copy_peak() {
             &b));
       }
       st.counters["bytes"] = 2.0 * static_cast<double>(bytes);
-    } catch (const std::exception& e) {
-      st.SkipWithError(e.what());
-      g_failed = true;
-    }
+    });
   })
       ->UseManualTime()
       ->Unit(benchmark::kMicrosecond)
-      ->Repetitions(g_reps)
+      ->Repetitions(options().repetitions)
       ->ReportAggregatesOnly(true)
-      ->MinTime(g_min_time)
+      ->MinTime(options().min_time)
       ->ComputeStatistics("min", [](const std::vector<double>& v) {
         return v.empty() ? 0.0 : *std::min_element(v.begin(), v.end());
       });
@@ -293,11 +271,12 @@ bool take_flag(int& argc, char** argv, const char* flag, std::string& value) {
 
 int main(int argc, char** argv) {
   using namespace flashmla::bench_gpu;
+  options().min_time = 0.2;  // this benchmark's default
   std::string v;
-  if (take_flag(argc, argv, "--reps", v)) g_reps = std::max(1, std::atoi(v.c_str()));
+  if (take_flag(argc, argv, "--reps", v)) options().repetitions = std::max(1, std::atoi(v.c_str()));
   if (take_flag(argc, argv, "--min-time", v)) {
-    g_min_time = std::strtod(v.c_str(), nullptr);
-    if (!(g_min_time > 0)) {
+    options().min_time = std::strtod(v.c_str(), nullptr);
+    if (!(options().min_time > 0)) {
       std::fprintf(stderr, "flashmla_bench_gpu: --min-time expects seconds > 0, got '%s'\n",
                    v.c_str());
       return 2;
@@ -321,5 +300,5 @@ int main(int argc, char** argv) {
   register_cases();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
-  return g_failed ? 1 : 0;
+  return flashmla::bench::any_case_failed() ? 1 : 0;
 }

@@ -23,6 +23,11 @@ Mirror::~Mirror() {
 
 TensorView Mirror::operator()(const TensorView& v, bool output) {
   if (!v.defined()) return v;
+  for (int d = 0; d < v.rank; ++d) {
+    if (v.strides[d] < 0) {  // span_bytes() would miss the elements below `data`
+      throw std::logic_error("Mirror: a view with a negative stride");
+    }
+  }
   auto* begin = static_cast<uint8_t*>(v.data);
   const size_t bytes = std::max<size_t>(span_bytes(v), 1);
   TensorView d = v;

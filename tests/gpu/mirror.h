@@ -27,8 +27,8 @@ class Mirror {
   ~Mirror();
 
   // The device view of `v` (undefined stays undefined). Views inside a buffer already uploaded
-  // share its device copy; one that overlaps it only partly (or contains it) is an error
-  // (std::logic_error). An output comes back with copy_back().
+  // share its device copy; one that overlaps it only partly (or contains it), or has a negative
+  // stride, is an error (std::logic_error). An output comes back with copy_back().
   TensorView operator()(const TensorView& v, bool output = false);
 
   // Every tensor of a decode call (out and lse as outputs; a given schedule as an input).

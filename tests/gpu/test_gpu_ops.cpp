@@ -89,7 +89,8 @@ int device_parts(const MlaDecodeArgs& a) {
 }
 
 // The Mirror itself: a view inside an uploaded buffer shares its device copy; a view that only
-// partly overlaps one is refused (two copies of the same bytes would lose the aliasing).
+// partly overlaps one is refused (two copies of the same bytes would lose the aliasing), as is a
+// negative stride.
 TEST_F(GpuOps, MirrorKeepsAliasing) {
   std::vector<float> host(64, 1.0f);
   Mirror m;
@@ -100,6 +101,8 @@ TEST_F(GpuOps, MirrorKeepsAliasing) {
   std::vector<float> other(64, 2.0f);
   (void)m(TensorView::contiguous(other.data() + 8, DType::fp32, {8}));
   EXPECT_THROW((void)m(TensorView::contiguous(other.data(), DType::fp32, {12})),
+               std::logic_error);
+  EXPECT_THROW((void)m(TensorView::strided(other.data() + 40, DType::fp32, {4}, {-1})),
                std::logic_error);
   EXPECT_EQ(m.copy_back(), "");
 }
