@@ -5,10 +5,13 @@
 // 64-row Q tiles,
 // MQA / GQA, causal q_len 2, varlen, zero-length requests, page sizes 64 and small odd ones,
 // non-contiguous q / block table, bf16 and fp16, and schedules of several parts so requests are
-// split and go through the combine. NaN fills every cache slot that must not be read.
+// split and go through the combine. NaN fills every cache slot that must not be read. The SM90
+// kernel reads the cache by TMA where the layout allows (pages of 8, 16, 48, 64, 128 tokens
+// here) and the SM80 kernel runs otherwise: each case checks which one ran.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -92,7 +95,12 @@ void check_against_reference(const CudaCase& cs, KernelGeneration gen) {
   EXPECT_EQ(!sched.lse_accum.empty(), cs.split) << "the case no longer tests what it says";
   std::fill(sched.lse_accum.begin(), sched.lse_accum.end(), kNaN);
   std::fill(sched.o_accum.begin(), sched.o_accum.end(), kNaN);
-  cuda::run_dense_decode(p, nullptr, gen);
+  const KernelGeneration ran = cuda::run_dense_decode(p, nullptr, gen);
+  // The SM90 kernel reads the cache by TMA: pages of a multiple of 8 tokens, 16-byte strides.
+  const bool tma_layout = cs.c.page_block_size % 8 == 0 && !cs.unaligned;
+  EXPECT_EQ(cuda::generation_name(ran),
+            cuda::generation_name(tma_layout ? gen : KernelGeneration::sm80))
+      << "the kernel that ran";
   for (const auto& r : testing::compare_dense_decode_with_reference(args)) {
     EXPECT_TRUE(r.ok) << r.message;
   }
@@ -176,6 +184,17 @@ std::vector<CudaCase> mixed() {
       {{.batch = 4, .q_len = 1, .kv_len = 300, .num_heads_q = 16, .num_heads_kv = 1,
         .page_block_size = 64, .varlen = true, .zero_lengths = true, .dtype = DType::fp16,
         .seed = 26}, 12, true},
+      // Pages for the SM90 kernel's tensor map other than 64: tiles of 4 runs of 16 rows
+      // (GQA, causal), 8 runs of 8 rows, the second half of a 128-token page, runs of 16 rows
+      // in 48-token pages.
+      {{.batch = 2, .q_len = 2, .kv_len = 200, .num_heads_q = 16, .num_heads_kv = 2,
+        .page_block_size = 16, .varlen = true, .causal = true, .seed = 40}, 5, true},
+      {{.batch = 1, .q_len = 1, .kv_len = 300, .num_heads_q = 16, .num_heads_kv = 1,
+        .page_block_size = 8, .seed = 42}, 8, true},
+      {{.batch = 2, .q_len = 1, .kv_len = 300, .num_heads_q = 64, .num_heads_kv = 1,
+        .page_block_size = 128, .varlen = true, .dtype = DType::fp16, .seed = 41}, 9, true},
+      {{.batch = 2, .q_len = 2, .kv_len = 300, .num_heads_q = 8, .num_heads_kv = 1,
+        .page_block_size = 48, .causal = true, .seed = 43}, 8, true},
       // Odd strides: element-wise loads and stores instead of cp.async / 4-byte stores.
       {{.batch = 2, .q_len = 2, .kv_len = 300, .num_heads_q = 16, .num_heads_kv = 2,
         .page_block_size = 7, .causal = true, .seed = 27}, 8, true, true},
@@ -217,9 +236,11 @@ TEST(CudaDenseDecodeEdges, TooManyPartsIsAnError) {
   cuda::DenseDecodeArgs a{};
   a.batch = a.q_len = a.num_heads_q = a.num_heads_kv = 1;
   a.num_parts = 65536;
-  for (auto launch : {cuda::launch_dense_decode_sm80, cuda::launch_dense_decode_sm90}) {
+  const std::function<void()> launches[] = {[&] { cuda::launch_dense_decode_sm80(a, nullptr); },
+                                             [&] { cuda::launch_dense_decode_sm90(a, nullptr); }};
+  for (const auto& launch : launches) {
     const auto what = testing::bad_input::expect_error(
-        [&] { launch(a, nullptr); }, "flash_mla_with_kvcache",
+        launch, "flash_mla_with_kvcache",
         testing::bad_input::unsupported("tile_scheduler_metadata"));
     if (what) {
       EXPECT_NE(what->find("65535"), std::string::npos) << *what;

@@ -40,7 +40,7 @@ constexpr size_t kStackBytes = 128 * 1024;
 
 namespace {
 
-enum class State { runnable, at_block_barrier, at_warp_collective, done };
+enum class State { runnable, at_block_barrier, at_warp_collective, parked, done };
 
 // One pending warp collective: the lanes of `mask` meet, each with its payload.
 struct Collective {
@@ -59,6 +59,8 @@ struct Thread {
   ctx::fiber fiber;      // this thread's fiber while it is suspended
   ctx::fiber scheduler;  // the scheduler, while this thread runs
   std::shared_ptr<Collective> collective;  // the one this thread waits at or last left
+  const void* park_key = nullptr;  // while parked: what it waits for (park)
+  const char* park_what = nullptr;
   // cp.async: copies not yet performed, in issue order, with their group (-1 = uncommitted).
   struct Copy { void* dst; const void* src; int cp_bytes, src_bytes; int64_t group; };
   std::vector<Copy> copies;
@@ -81,6 +83,7 @@ struct Block {
   // Per warp, the pending collectives (one per distinct mask).
   std::vector<std::vector<std::shared_ptr<Collective>>> pending;
   std::unique_ptr<ThreadState> extension;  // block_state_slot()
+  std::unique_ptr<ThreadState> tma_extension;  // block_tma_state_slot()
   std::string error;  // first error raised by a thread
   bool aborting = false;  // after an error: every barrier throws BlockAborted
   uint64_t switches = 0;
@@ -219,7 +222,31 @@ std::unique_ptr<ThreadState>& block_state_slot() {
   return tl_block->extension;
 }
 
+std::unique_ptr<ThreadState>& block_tma_state_slot() {
+  current();
+  return tl_block->tma_extension;
+}
+
 [[noreturn]] void fail(const char* what) { throw std::logic_error(what); }
+
+void park(const void* key, const char* what) {
+  Thread& t = current();
+  t.park_key = key;
+  t.park_what = what;
+  set_state(*tl_block, t, State::parked);
+  yield_to_scheduler();
+}
+
+void unpark(const void* key) {
+  current();
+  Block& b = *tl_block;
+  for (Thread& o : b.threads) {
+    if (o.state == State::parked && o.park_key == key) {
+      o.park_key = nullptr;
+      set_state(b, o, State::runnable);
+    }
+  }
+}
 
 void sync_threads() {
   Thread& t = current();
@@ -429,6 +456,9 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
     for (const Thread& t : b.threads) {
       done += t.state == State::done;
       at_barrier += t.state == State::at_block_barrier;
+      if (t.state == State::parked && stuck.empty()) {
+        stuck = describe(b, t) + " waits at " + t.park_what + " for a phase that never completes";
+      }
       if (t.state == State::at_warp_collective && stuck.empty()) {
         stuck = describe(b, t) + " waits at " + t.collective->op + " (mask 0x" +
                 [](unsigned m) { char s[16]; snprintf(s, sizeof s, "%08x", m); return std::string(s); }(
@@ -441,6 +471,15 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
                       std::to_string(b.idx.z) + "): divergent __syncthreads: " +
                       std::to_string(at_barrier) + " threads wait at a barrier, " +
                       std::to_string(done) + " exited";
+    }
+  }
+  if (b.error.empty()) {
+    for (const ThreadState* ext : {b.extension.get(), b.tma_extension.get()}) {
+      const std::string left = ext ? ext->unfinished() : std::string();
+      if (!left.empty() && b.error.empty()) {
+        b.error = "block (" + std::to_string(b.idx.x) + "," + std::to_string(b.idx.y) + "," +
+                  std::to_string(b.idx.z) + ") exited with " + left;
+      }
     }
   }
   // After an error, every unfinished fiber is resumed once more: it throws BlockAborted from

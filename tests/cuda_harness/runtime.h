@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
 #include <tuple>
 #include <type_traits>
 
@@ -22,6 +23,9 @@
 #include <cuda_fp16.h>
 
 #define __launch_bounds__(...)
+// (cuda headers make it an attribute GCC does not know)
+#undef __grid_constant__
+#define __grid_constant__
 #ifndef __restrict__
 #define __restrict__ __restrict
 #endif
@@ -43,10 +47,15 @@ int thread_linear();
 // an empty slot until that family first stores its state there; destroyed with the block.
 struct ThreadState {
   virtual ~ThreadState() = default;
+  // For a block's state, checked when every thread has exited: what the block left unfinished
+  // (empty: nothing), which fails the launch.
+  virtual std::string unfinished() const { return {}; }
 };
 std::unique_ptr<ThreadState>& thread_state_slot();
-// The same per block (shared by its threads; a block runs on one OS thread).
+// The same per block (shared by its threads; a block runs on one OS thread): one for wgmma
+// (wgmma.cpp), one for mbarriers and bulk tensor copies (tma.cpp).
 std::unique_ptr<ThreadState>& block_state_slot();
+std::unique_ptr<ThreadState>& block_tma_state_slot();
 
 // ---- barriers and collectives ----
 void sync_threads();
@@ -55,6 +64,11 @@ void sync_threads();
 // collective. `op` names the collective in error messages; all lanes must use the same.
 const unsigned char* warp_exchange(unsigned mask, const void* payload, size_t bytes,
                                    const char* op);
+// Suspends the running thread until unpark(key) (tma.cpp: a thread waiting on an mbarrier
+// phase); `what` names the wait if the block ends with the thread still parked.
+void park(const void* key, const char* what);
+// Makes every thread of the block parked on `key` runnable again.
+void unpark(const void* key);
 // Throws std::logic_error (turned into a failed launch naming the thread and the seed).
 [[noreturn]] void fail(const char* what);
 
@@ -76,6 +90,27 @@ void wgmma_mma_async(MmaType type, float* d, int n, uint64_t desc_a, uint64_t de
 void wgmma_commit();
 void wgmma_wait(int pending);
 void fence_proxy_async();
+// mbarrier and the tiled bulk tensor copy (tma.cpp). A TensorMap stands for CUtensorMap: what
+// cuTensorMapEncodeTiled was given, checked as the driver checks it.
+struct alignas(64) TensorMap {
+  uint64_t magic;  // kTensorMapMagic once encoded
+  const void* base;
+  int rank, elem_bytes, swizzle_bytes;  // swizzle: 0 (none) or 128
+  uint64_t dims[5], strides[5];         // strides in bytes; strides[0] = elem_bytes
+  uint32_t box[5];
+};
+inline constexpr uint64_t kTensorMapMagic = 0x544d41504d4c4131ull;
+// Empty, or why the driver would refuse these parameters (as CUDA_ERROR_INVALID_VALUE).
+std::string encode_tensor_map(TensorMap* map, int elem_bytes, int rank, const void* base,
+                              const uint64_t* dims, const uint64_t* strides_bytes,
+                              const uint32_t* box, int swizzle_bytes);
+void mbarrier_init(void* bar, unsigned count);
+void mbarrier_arrive_expect_tx(void* bar, unsigned tx_bytes);
+void mbarrier_arrive(void* bar);
+// Blocks until the phase of parity `parity` has completed; returns true (a try_wait that never
+// times out).
+bool mbarrier_try_wait_parity(void* bar, unsigned parity);
+void tma_load_tile(void* smem_dst, const TensorMap* map, const int32_t* coords, void* bar);
 
 // ---- launch ----
 struct LaunchStats {

@@ -5,9 +5,9 @@
 //  - launch only through FMLA_LAUNCH / FMLA_LAUNCH_SMEM_CAP (never <<<...>>>);
 //  - shared memory only through flashmla::cuda::dynamic_smem() (no __shared__ variables): the
 //    harness gives each block an exact-size buffer filled with 0xFF (NaN) at block start;
-//  - inline PTX only in the wrappers below (mma.sync, ldmatrix, cp.async) and in wgmma.cuh
-//    (Hopper's wgmma): PTX under __CUDA_ARCH__, the harness's emulation under
-//    FLASHMLA_CUDA_HARNESS;
+//  - inline PTX only in the wrappers below (mma.sync, ldmatrix, cp.async), in wgmma.cuh
+//    (Hopper's wgmma) and tma.cuh (mbarriers, bulk tensor copies): PTX under __CUDA_ARCH__,
+//    the harness's emulation under FLASHMLA_CUDA_HARNESS;
 //  - warp collectives through the CUDA builtins (__shfl_*_sync, __ballot_sync, __any_sync,
 //    __all_sync, __syncwarp) and __syncthreads, which the harness provides with the same names;
 //  - code between FMLA_CUDA_NS_BEGIN / END (cuda/common/namespace.h): flashmla::cuda plus the

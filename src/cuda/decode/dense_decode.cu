@@ -25,7 +25,8 @@ bool layout_aligned(const void* p, const int64_t (&stride)[3], int bytes) {
 
 }  // namespace
 
-void run_dense_decode(const core::DenseDecodeParams& p, void* stream, KernelGeneration gen) {
+KernelGeneration run_dense_decode(const core::DenseDecodeParams& p, void* stream,
+                                  KernelGeneration gen) {
   if (p.kv_fp8_v32) {
     // TODO(issue 8): FP8 V32 cache (656 bytes per token, dequantised in the tile loader).
     throw Error(ErrorKind::unsupported, "flash_mla_with_kvcache", "k_cache",
@@ -65,14 +66,16 @@ void run_dense_decode(const core::DenseDecodeParams& p, void* stream, KernelGene
   a.lse_accum = p.lse_accum;
   a.o_accum = p.o_accum;
   a.num_accum_slots = p.num_accum_slots;
-  if (gen == KernelGeneration::sm90) {
-    launch_dense_decode_sm90(a, stream);
+  KernelGeneration ran = KernelGeneration::sm80;
+  if (gen == KernelGeneration::sm90 && launch_dense_decode_sm90(a, stream)) {
+    ran = KernelGeneration::sm90;
   } else {
     launch_dense_decode_sm80(a, stream);
   }
   combine_decode_accumulators(p.batch, p.q_len, p.num_heads_q, p.d_v, p.lse_accum, p.o_accum,
                               p.num_accum_slots, p.num_splits, nullptr, p.dtype, p.out,
                               p.out_stride, p.lse, p.lse_stride, stream);
+  return ran;
 }
 
 FMLA_CUDA_NS_END

@@ -13,8 +13,11 @@ FMLA_CUDA_NS_BEGIN
 // is a cudaStream_t (null = default stream). Asynchronous on the GPU, synchronous in the
 // harness. Throws flashmla::Error (unsupported) for an FP8 V32 cache (p.kv_fp8_v32; the API runs
 // those on the sparse kernel, see cuda/decode/dense_token_slots.h), which this
-// kernel does not read yet. `gen`: the split kernel's generation (common/generation.h).
-void run_dense_decode(const core::DenseDecodeParams& p, void* stream,
-                      KernelGeneration gen = KernelGeneration::sm80);
+// kernel does not read yet. `gen`: the split kernel's generation (common/generation.h); the SM90
+// kernel reads the cache through a TMA tensor map, and where the cache's layout does not suit one
+// (page size not a multiple of 8, strides or base not 16-byte aligned) the SM80 kernel runs
+// instead. Returns the generation that ran.
+KernelGeneration run_dense_decode(const core::DenseDecodeParams& p, void* stream,
+                                  KernelGeneration gen = KernelGeneration::sm80);
 
 FMLA_CUDA_NS_END

@@ -1,17 +1,25 @@
-// Dense MLA decode split kernel, SM90 (Hopper: wgmma.mma_async bf16/fp16 -> fp32 from shared
-// memory). One CTA of 256 threads = two warpgroups per (schedule part, KV head, tile of 64 query
-// rows) walks its part's (request, block) range as the SM80 kernel and cpu/decode/dense_decode.cpp
-// do; row i of a KV head is (query token i / hpk, head kv_head * hpk + i % hpk), so DeepSeek's
-// 128 heads with s_q = 1 are two CTAs per part (the SM80 kernel: eight), each reading every KV
-// tile once. Per request: Q (64 x 576) into 128-byte-swizzled slabs, then 64-token KV tiles
-// gathered through the block table with cp.async into a double buffer of slabs (tokens past the
-// piece's end zero-filled, never read); per tile S = Q K^T, masking (length, block id, causal)
-// with -inf, online softmax, O += P V as common/wgmma_attention.cuh. Unsplit requests are
-// finalised into out / lse; split pieces go to the accumulators (log2 units) for the combine.
+// Dense MLA decode split kernel, SM90 (Hopper: KV tiles by TMA, wgmma.mma_async bf16/fp16 ->
+// fp32 from shared memory). One CTA of 256 threads = two warpgroups per (schedule part, KV head,
+// tile of 64 query rows) walks its part's (request, block) range as the SM80 kernel and
+// cpu/decode/dense_decode.cpp do; row i of a KV head is (query token i / hpk, head
+// kv_head * hpk + i % hpk), so DeepSeek's 128 heads with s_q = 1 are two CTAs per part (the SM80
+// kernel: eight), each reading every KV tile once. Per request: Q (64 x 576) by cp.async into
+// 128-byte-swizzled slabs; then 64-token KV tiles, each brought by warp 0 as bulk tensor copies
+// (one per 64-channel slab and run of rows within a page, the tensor map swizzling them as wgmma
+// reads them) into a double buffer, completing on the stage's mbarrier while the other stage is
+// computed. After the wait, rows of tokens past the piece's end or in a block outside the cache
+// are zeroed (the copy brought the cache's bytes, which may be NaN, or zeros for an out-of-range
+// block). Per tile S = Q K^T, masking (length, block id, causal) with -inf, online softmax,
+// O += P V as common/wgmma_attention.cuh. Unsplit requests are finalised into out / lse; split
+// pieces go to the accumulators (log2 units) for the combine. The cache's layout must suit the
+// tensor map (a page size that is a multiple of 8, 16-byte aligned strides); the entry point
+// runs the SM80 kernel otherwise.
 #include <cmath>
 
 #include "cuda/common/mma_tile.cuh"
 #include "cuda/common/portable.h"
+#include "cuda/common/tma.cuh"
+#include "cuda/common/tma_map.h"
 #include "cuda/common/wgmma.cuh"
 #include "cuda/common/wgmma_attention.cuh"
 #include "cuda/decode/dense_decode_sm90.h"
@@ -26,15 +34,30 @@ using namespace wgmma_attention;
 constexpr int kDqk = 576, kSlabs = kDqk / 64, kStages = 2;
 
 // Shared memory from a 1024-byte aligned base: Q (64 rows), two KV stages (64 tokens each), P,
-// the two warpgroups' row maxima and sums, the stages' token validity; plus 1 KiB to align.
+// the two warpgroups' row maxima and sums, the stages' token validity, the stages' mbarriers;
+// plus 1 KiB to align.
 constexpr int kKvOffset = kSlabs * kSlab;                       // Q at 0
 constexpr int kPOffset = kKvOffset + kStages * kSlabs * kSlab;
 constexpr int kStatsOffset = kPOffset + kSlab;
-constexpr int kSmemBytes = kStatsOffset + (2 * 2 * kRows + kStages * kTile) * 4 + 1024;
+constexpr int kBarOffset = kStatsOffset + (2 * 2 * kRows + kStages * kTile) * 4;
+constexpr int kSmemBytes = kBarOffset + kStages * 8 + 1024;
+static_assert(kBarOffset % 8 == 0, "mbarriers are 8-byte aligned");
 static_assert(kSmemBytes <= 227 * 1024, "fits the 227 KiB per block of sm_90");
+
+// The KV cache as the tensor map sees it: (channel, KV head, token in page, block), 576 x
+// num_heads_kv x page_block_size x num_blocks, and a box of 64 channels x 1 head x R tokens x 1
+// block with R = gcd(page_block_size, 64): one box per slab and run of R tokens of a tile, which
+// never crosses a page (tiles start on multiples of 64) and lands on a 1024-byte boundary
+// (R a multiple of 8).
+int rows_per_box(int page_block_size) {
+  int r = 64;
+  while (page_block_size % r != 0) r /= 2;
+  return r;
+}
 
 #if defined(FMLA_SM90_BODY)
 constexpr int kChunks = kDqk / 8;   // 16-byte chunks per row
+constexpr unsigned kTileBytes = kSlabs * kSlab;  // a KV stage: what each tile's copies bring
 constexpr float kInf = INFINITY;
 
 // The 64 query rows row0.. of KV head g of request r (rows past rows_per_kv are zeros).
@@ -49,43 +72,68 @@ __device__ __forceinline__ void load_q(const DenseDecodeArgs& a, int r, int g, i
   }
 }
 
-// Tokens t0..t0+63 of KV head g of request r into the stage at sk, and their validity into ok;
-// tokens >= t_end, and tokens whose block id is outside the cache (the table is device data,
-// unchecked here), are zero-filled and invalid. Thread (token tid / 4, quarter tid % 4) copies
-// chunks quarter, quarter + 4, ... of its token.
-__device__ __forceinline__ void load_kv_tile(const DenseDecodeArgs& a, int r, int g, int t0,
-                                             int t_end, unsigned char* sk, int* ok) {
-  const int j = static_cast<int>(threadIdx.x) / 4, quarter = static_cast<int>(threadIdx.x) % 4;
-  const int t = t0 + j;
-  bool valid = t < t_end;
-  const uint16_t* src = a.k_cache;
-  if (valid) {
-    const int64_t blk = a.block_table[r * a.block_table_stride + t / a.page_block_size];
-    valid = blk >= 0 && blk < a.num_blocks;
-    if (valid) {
-      src += blk * a.k_stride[0] + (t % a.page_block_size) * a.k_stride[1] + g * a.k_stride[2];
+// Whether token t of request r is read: t < t_end (the piece's end, within the block table's
+// reach) and its block id inside the cache (the table is device data, unchecked here).
+__device__ __forceinline__ bool token_valid(const DenseDecodeArgs& a, int r, int t, int t_end) {
+  if (t >= t_end) return false;
+  const int64_t blk = a.block_table[r * a.block_table_stride + t / a.page_block_size];
+  return blk >= 0 && blk < a.num_blocks;
+}
+
+// Warp 0: tokens t0..t0+63 of KV head g of request r into the stage at sk by bulk tensor copies
+// on bar (lane 0 arms it with the tile's bytes first; lane q copies runs q, q + 32, ...). Runs at
+// or past t_end, and blocks outside the cache, are copied from block -1: out of the tensor, so
+// zeros, with the same byte count.
+__device__ __forceinline__ void issue_kv_tile(const DenseDecodeArgs& a, const TmaMap& map,
+                                              int rows, int r, int g, int t0, int t_end,
+                                              unsigned char* sk, uint64_t* bar) {
+  const int lane = lane_id();
+  if (lane == 0) mbarrier_arrive_expect_tx(bar, kTileBytes);
+  __syncwarp();
+  for (int run = lane; run < kTile / rows; run += 32) {
+    const int t = t0 + run * rows;
+    int blk = -1;
+    if (t < t_end) {
+      const int64_t b = a.block_table[r * a.block_table_stride + t / a.page_block_size];
+      if (b >= 0 && b < a.num_blocks) blk = static_cast<int>(b);
+    }
+    for (int s = 0; s < kSlabs; ++s) {
+      tma_load_4d(sk + s * kSlab + run * rows * 128, &map, 64 * s, g, t % a.page_block_size, blk,
+                  bar);
     }
   }
+}
+
+// After the tile's copies landed: the four threads of token tid / 4 zero its row if it is not
+// read (valid: token_valid, computed by the caller when it issued the tile), so that its P = 0
+// never meets a NaN of V.
+__device__ __forceinline__ void clear_row_unless(bool valid, unsigned char* sk) {
+  if (valid) return;
+  const int j = static_cast<int>(threadIdx.x) / 4, quarter = static_cast<int>(threadIdx.x) % 4;
   for (int c = quarter; c < kChunks; c += 4) {
-    copy16(slab_chunk(sk, j, c), valid ? src + 8 * c : src, valid, a.k_aligned);
+    *reinterpret_cast<uint4*>(slab_chunk(sk, j, c)) = uint4{0u, 0u, 0u, 0u};
   }
-  if (quarter == 0) ok[j] = valid ? 1 : 0;
 }
 #endif  // FMLA_SM90_BODY
 
 }  // namespace
 
 template <bool kFp16>
-__global__ void __launch_bounds__(kThreads, 1) dense_decode_sm90(const DenseDecodeArgs a) {
+__global__ void __launch_bounds__(kThreads, 1)
+    dense_decode_sm90(const __grid_constant__ DenseDecodeArgs a,
+                      const __grid_constant__ TmaMap kv_map, const int rows_per_box) {
 #if defined(FMLA_SM90_BODY)
-  static_assert(kThreads == 4 * kTile, "load_kv_tile: four threads per token");
+  static_assert(kThreads == 4 * kTile, "four threads per token of a tile");
   unsigned char* smem = aligned_smem();
   unsigned char* sq = smem;
   unsigned char* sp = smem + kPOffset;
   float* s_max = reinterpret_cast<float*>(smem + kStatsOffset);  // [warpgroup][row]
   float* s_sum = s_max + 2 * kRows;
   int* s_ok0 = reinterpret_cast<int*>(s_sum + 2 * kRows);  // stage s at s * kTile
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kBarOffset);  // stage s's tile landed
   const uint32_t q_addr = smem_address(sq);
+  const bool issuer = warp_id() == 0;
+  const int my_token = static_cast<int>(threadIdx.x) / 4;  // of a tile (token_valid, clear)
 
   const Place pl = place();
   const DenseDecodeCta cta = dense_decode_cta(a, kRows);
@@ -93,6 +141,12 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm90(const DenseDeco
   const int begin_req = cta.rec[0], end_req = cta.rec[1];
   // The query tokens of this thread's two accumulator rows.
   const int tok_of[2] = {(row0 + pl.rows[0]) / hpk, (row0 + pl.rows[1]) / hpk};
+
+  if (threadIdx.x == 0) {
+    for (int st = 0; st < kStages; ++st) mbarrier_init(bars + st, 1);
+    fence_mbarrier_init();
+  }
+  unsigned parity = 0;  // bit st: the parity of stage st's next phase
 
   // Device values are clamped to the tensors (dense_decode_piece.cuh).
   for (int r = begin_req < 0 ? 0 : begin_req; r <= end_req && r < a.batch; ++r) {
@@ -106,10 +160,17 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm90(const DenseDeco
     FMLA_UNROLL
     for (int h = 0; h < 2; ++h) last[h] = a.causal ? seqlen - a.q_len + tok_of[h] : seqlen;
 
-    __syncthreads();  // the previous request is done with every buffer
+    __syncthreads();  // the previous request is done with every buffer (and the barriers ready)
     load_q(a, r, g, row0, rows_per_kv, sq);
-    if (n_tiles > 0) load_kv_tile(a, r, g, tok0, tok1, smem + kKvOffset, s_ok0);
     cp_async_commit();
+    bool my_ok = false;  // my_token of the tile in flight is read
+    if (n_tiles > 0) {
+      my_ok = token_valid(a, r, tok0 + my_token, tok1);
+      if (threadIdx.x % 4 == 0) s_ok0[my_token] = my_ok ? 1 : 0;
+      if (issuer) {
+        issue_kv_tile(a, kv_map, rows_per_box, r, g, tok0, tok1, smem + kKvOffset, bars);
+      }
+    }
 
     float m[2] = {-kInf, -kInf}, l[2] = {0.0f, 0.0f};  // rows[0], rows[1]; m in log2 units
     float o[128];  // O rows x channels 256 wg.., wgmma m64n256 accumulator layout
@@ -118,15 +179,22 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm90(const DenseDeco
 
     for (int it = 0; it < n_tiles; ++it) {
       const int st = it & 1, t0 = tok0 + it * kTile;
-      cp_async_wait<0>();   // tile it (and Q) landed
-      fence_proxy_async();  // ... and is visible to wgmma (the async proxy)
+      unsigned char* sk = smem + kKvOffset + st * kSlabs * kSlab;
+      if (it == 0) cp_async_wait<0>();  // Q landed
+      mbarrier_wait(bars + st, (parity >> st) & 1u);  // tile it landed
+      parity ^= 1u << st;
+      clear_row_unless(my_ok, sk);
+      fence_proxy_async();  // Q and the cleared rows, for wgmma (the async proxy)
       __syncthreads();      // to all; everyone is done with tile it-1's stage and P
       if (it + 1 < n_tiles) {
-        load_kv_tile(a, r, g, t0 + kTile, tok1, smem + kKvOffset + (st ^ 1) * kSlabs * kSlab,
-                     s_ok0 + (st ^ 1) * kTile);
+        my_ok = token_valid(a, r, t0 + kTile + my_token, tok1);
+        if (threadIdx.x % 4 == 0) s_ok0[(st ^ 1) * kTile + my_token] = my_ok ? 1 : 0;
+        if (issuer) {
+          issue_kv_tile(a, kv_map, rows_per_box, r, g, t0 + kTile, tok1,
+                        smem + kKvOffset + (st ^ 1) * kSlabs * kSlab, bars + (st ^ 1));
+        }
       }
-      cp_async_commit();
-      const uint32_t kv_addr = smem_address(smem + kKvOffset + st * kSlabs * kSlab);
+      const uint32_t kv_addr = smem_address(sk);
       const int* ok = s_ok0 + st * kTile;
 
       float s[16];
@@ -140,7 +208,7 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm90(const DenseDeco
       }
       softmax_pv<kFp16>(s, m, l, o, sp, kv_addr, s_max, s_sum, pl);
     }
-    cp_async_wait<0>();  // nothing of this request still in flight (with no tile: Q)
+    cp_async_wait<0>();  // with no tile: Q still in flight
 
     // Finalise this piece: this thread's rows, channels 256 wg + 8 nt + 2 q4 + {0, 1}.
     FMLA_UNROLL
@@ -185,13 +253,29 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_sm90(const DenseDeco
 #endif
 }
 
-void launch_dense_decode_sm90(const DenseDecodeArgs& a, void* stream) {
-  if (a.num_parts <= 0 || a.batch <= 0) return;
+bool launch_dense_decode_sm90(const DenseDecodeArgs& a, void* stream) {
+  if (a.num_parts <= 0 || a.batch <= 0) return true;
   const dim3 grid = dense_decode_grid(a, kRows, "(KV head, 64-row tile) pairs");
+  const int page = a.page_block_size;
+  if (page <= 0 || page % 8 != 0 || !a.k_aligned || a.num_blocks <= 0 ||
+      a.num_blocks > INT32_MAX || a.num_heads_kv <= 0) {
+    return false;
+  }
+  // (channel, KV head, token, block); a single head's stride is any valid one.
+  const uint64_t dims[4] = {static_cast<uint64_t>(kDqk), static_cast<uint64_t>(a.num_heads_kv),
+                            static_cast<uint64_t>(page), static_cast<uint64_t>(a.num_blocks)};
+  const uint64_t strides[3] = {
+      a.num_heads_kv == 1 ? uint64_t{2 * kDqk} : static_cast<uint64_t>(a.k_stride[2]) * 2,
+      static_cast<uint64_t>(a.k_stride[1]) * 2, static_cast<uint64_t>(a.k_stride[0]) * 2};
+  const int rows = rows_per_box(page);
+  const uint32_t box[4] = {64, 1, static_cast<uint32_t>(rows), 1};
+  alignas(64) TmaMap map;
+  if (!encode_tma_map_16bit(&map, 4, a.k_cache, dims, strides, box).empty()) return false;
   launch_for_dtype(a, [&](auto fp16) {
     constexpr bool kFp16 = decltype(fp16)::value;
-    FMLA_LAUNCH(dense_decode_sm90<kFp16>, grid, dim3(kThreads), kSmemBytes, stream, a);
+    FMLA_LAUNCH(dense_decode_sm90<kFp16>, grid, dim3(kThreads), kSmemBytes, stream, a, map, rows);
   });
+  return true;
 }
 
 FMLA_CUDA_NS_END
