@@ -136,7 +136,20 @@ KernelGeneration generation() {
 }
 
 void dense_decode(const core::DenseDecodeParams& p, void* stream) {
-  run_dense_decode(p, stream, generation());
+  const KernelGeneration picked = generation();
+  const KernelGeneration ran = run_dense_decode(p, stream, picked);
+  // The SM90 kernel reads the cache by TMA; a layout it cannot map runs the SM80 one (once
+  // said under FLASHMLA_LOG=debug, as the choice of kernels is).
+  static std::atomic<bool> said{false};
+  if (ran != picked && !said.exchange(true)) {
+    if (const char* log = std::getenv("FLASHMLA_LOG"); log && std::string_view(log) == "debug") {
+      std::fprintf(stderr,
+                   "flashmla: dense decode on the sm80 kernel: the sm90 one reads the cache by "
+                   "TMA, which needs page_block_size a multiple of 8 (got %lld) and 16-byte "
+                   "aligned k_cache strides\n",
+                   static_cast<long long>(p.page_block_size));
+    }
+  }
 }
 
 void sparse_decode(const core::SparseDecodeParams& p, void* stream) {
