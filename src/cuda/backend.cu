@@ -144,9 +144,10 @@ void dense_decode(const core::DenseDecodeParams& p, void* stream) {
   if (ran != picked && !said.exchange(true)) {
     if (const char* log = std::getenv("FLASHMLA_LOG"); log && std::string_view(log) == "debug") {
       std::fprintf(stderr,
-                   "flashmla: dense decode on the sm80 kernel: the sm90 one reads the cache by "
-                   "TMA, which needs page_block_size a multiple of 8 (got %lld) and 16-byte "
-                   "aligned k_cache strides\n",
+                   "flashmla: dense decode on the sm80 kernel: the sm90 one reads the cache "
+                   "through a TMA tensor map, which needs page_block_size a multiple of 8 (got "
+                   "%lld), k_cache and its strides 16-byte aligned, at most 2^31-1 blocks, and a "
+                   "driver that encodes the map\n",
                    static_cast<long long>(p.page_block_size));
     }
   }

@@ -6,8 +6,8 @@
 // MQA / GQA, causal q_len 2, varlen, zero-length requests, page sizes 64 and small odd ones,
 // non-contiguous q / block table, bf16 and fp16, and schedules of several parts so requests are
 // split and go through the combine. NaN fills every cache slot that must not be read. The SM90
-// kernel reads the cache by TMA where the layout allows (pages of 8, 16, 48, 64, 128 tokens
-// here) and the SM80 kernel runs otherwise: each case checks which one ran.
+// kernel reads the cache by TMA where the layout allows (pages of 8, 16, 32, 48, 64, 128
+// tokens here) and the SM80 kernel runs otherwise: each case checks which one ran.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -186,7 +186,7 @@ std::vector<CudaCase> mixed() {
         .seed = 26}, 12, true},
       // Pages for the SM90 kernel's tensor map other than 64: tiles of 4 runs of 16 rows
       // (GQA, causal), 8 runs of 8 rows, the second half of a 128-token page, runs of 16 rows
-      // in 48-token pages.
+      // in 48-token pages, 2 runs of 32 rows.
       {{.batch = 2, .q_len = 2, .kv_len = 200, .num_heads_q = 16, .num_heads_kv = 2,
         .page_block_size = 16, .varlen = true, .causal = true, .seed = 40}, 5, true},
       {{.batch = 1, .q_len = 1, .kv_len = 300, .num_heads_q = 16, .num_heads_kv = 1,
@@ -195,6 +195,9 @@ std::vector<CudaCase> mixed() {
         .page_block_size = 128, .varlen = true, .dtype = DType::fp16, .seed = 41}, 9, true},
       {{.batch = 2, .q_len = 2, .kv_len = 300, .num_heads_q = 8, .num_heads_kv = 1,
         .page_block_size = 48, .causal = true, .seed = 43}, 8, true},
+      {{.batch = 3, .q_len = 1, .kv_len = 200, .num_heads_q = 32, .num_heads_kv = 1,
+        .page_block_size = 32, .varlen = true, .zero_lengths = true, .dtype = DType::fp16,
+        .seed = 44}, 7, true},
       // Odd strides: element-wise loads and stores instead of cp.async / 4-byte stores.
       {{.batch = 2, .q_len = 2, .kv_len = 300, .num_heads_q = 16, .num_heads_kv = 2,
         .page_block_size = 7, .causal = true, .seed = 27}, 8, true, true},

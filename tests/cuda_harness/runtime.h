@@ -202,6 +202,7 @@ inline int __float_as_int(float f) { int v; std::memcpy(&v, &f, 4); return v; }
 inline float __uint_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned v; std::memcpy(&v, &f, 4); return v; }
 inline float __fdividef(float a, float b) { return a / b; }
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
 // Separately rounded multiply / add (nvcc never contracts these into an fma).
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }

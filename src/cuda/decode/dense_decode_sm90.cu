@@ -7,11 +7,11 @@
 // 128-byte-swizzled slabs; then 64-token KV tiles, each brought by warp 0 as bulk tensor copies
 // (one per 64-channel slab and run of rows within a page, the tensor map swizzling them as wgmma
 // reads them) into a double buffer, completing on the stage's mbarrier while the other stage is
-// computed. After the wait, rows of tokens past the piece's end or in a block outside the cache
-// are zeroed (the copy brought the cache's bytes, which may be NaN, or zeros for an out-of-range
-// block). Per tile S = Q K^T, masking (length, block id, causal) with -inf, online softmax,
-// O += P V as common/wgmma_attention.cuh. Unsplit requests are finalised into out / lse; split
-// pieces go to the accumulators (log2 units) for the combine. The cache's layout must suit the
+// computed; runs of tokens that are not read (past the piece's end, or in a block outside the
+// cache) are not copied. After the wait, the rows of tokens not read are zeroed (the stage's old
+// contents, or cache bytes past the end, may be NaN). Per tile S = Q K^T, masking (length, block
+// id, causal) with -inf, online softmax, O += P V as common/wgmma_attention.cuh. Unsplit requests
+// are finalised into out / lse; split pieces go to the accumulators (log2 units) for the combine. The cache's layout must suit the
 // tensor map (a page size that is a multiple of 8, 16-byte aligned strides); the entry point
 // runs the SM80 kernel otherwise.
 #include <cmath>
@@ -48,7 +48,7 @@ static_assert(kSmemBytes <= 227 * 1024, "fits the 227 KiB per block of sm_90");
 // num_heads_kv x page_block_size x num_blocks, and a box of 64 channels x 1 head x R tokens x 1
 // block with R = gcd(page_block_size, 64): one box per slab and run of R tokens of a tile, which
 // never crosses a page (tiles start on multiples of 64) and lands on a 1024-byte boundary
-// (R a multiple of 8).
+// (R a multiple of 8, so at most 8 runs per tile).
 int rows_per_box(int page_block_size) {
   int r = 64;
   while (page_block_size % r != 0) r /= 2;
@@ -57,7 +57,6 @@ int rows_per_box(int page_block_size) {
 
 #if defined(FMLA_SM90_BODY)
 constexpr int kChunks = kDqk / 8;   // 16-byte chunks per row
-constexpr unsigned kTileBytes = kSlabs * kSlab;  // a KV stage: what each tile's copies bring
 constexpr float kInf = INFINITY;
 
 // The 64 query rows row0.. of KV head g of request r (rows past rows_per_kv are zeros).
@@ -81,24 +80,27 @@ __device__ __forceinline__ bool token_valid(const DenseDecodeArgs& a, int r, int
 }
 
 // Warp 0: tokens t0..t0+63 of KV head g of request r into the stage at sk by bulk tensor copies
-// on bar (lane 0 arms it with the tile's bytes first; lane q copies runs q, q + 32, ...). Runs at
-// or past t_end, and blocks outside the cache, are copied from block -1: out of the tensor, so
-// zeros, with the same byte count.
+// on bar: lane q copies run q (R = rows tokens, at most 8 runs) if it is read, i.e. starts before
+// t_end in a block inside the cache; lane 0 arms bar with the bytes of the runs copied (none:
+// the phase completes at its arrival). The rows of runs not copied keep what the stage held and
+// are cleared after the wait (clear_row_unless: every token of such a run is invalid).
 __device__ __forceinline__ void issue_kv_tile(const DenseDecodeArgs& a, const TmaMap& map,
                                               int rows, int r, int g, int t0, int t_end,
                                               unsigned char* sk, uint64_t* bar) {
-  const int lane = lane_id();
-  if (lane == 0) mbarrier_arrive_expect_tx(bar, kTileBytes);
+  const int lane = lane_id(), t = t0 + lane * rows;
+  int blk = -1;
+  if (lane < kTile / rows && t < t_end) {
+    const int64_t b = a.block_table[r * a.block_table_stride + t / a.page_block_size];
+    if (b >= 0 && b < a.num_blocks) blk = static_cast<int>(b);
+  }
+  const unsigned copied = __ballot_sync(kFullMask, blk >= 0);
+  if (lane == 0) {
+    mbarrier_arrive_expect_tx(bar, static_cast<unsigned>(__popc(copied)) * kSlabs * rows * 128u);
+  }
   __syncwarp();
-  for (int run = lane; run < kTile / rows; run += 32) {
-    const int t = t0 + run * rows;
-    int blk = -1;
-    if (t < t_end) {
-      const int64_t b = a.block_table[r * a.block_table_stride + t / a.page_block_size];
-      if (b >= 0 && b < a.num_blocks) blk = static_cast<int>(b);
-    }
+  if (blk >= 0) {
     for (int s = 0; s < kSlabs; ++s) {
-      tma_load_4d(sk + s * kSlab + run * rows * 128, &map, 64 * s, g, t % a.page_block_size, blk,
+      tma_load_4d(sk + s * kSlab + lane * rows * 128, &map, 64 * s, g, t % a.page_block_size, blk,
                   bar);
     }
   }
