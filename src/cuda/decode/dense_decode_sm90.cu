@@ -7,7 +7,8 @@
 // 128-byte-swizzled slabs; then 64-token KV tiles, each brought by warp 0 as bulk tensor copies
 // (one per 64-channel slab and run of rows within a page, the tensor map swizzling them as wgmma
 // reads them) into a double buffer, completing on the stage's mbarrier while the other stage is
-// computed; runs of tokens that are not read (past the piece's end, or in a block outside the
+// computed (after a request's last tile comes the next request's first, so requests of a part
+// follow each other without a wait for their first copy); runs of tokens that are not read (past the piece's end, or in a block outside the
 // cache) are not copied. After the wait, the rows of tokens not read are zeroed (the stage's old
 // contents, or cache bytes past the end, may be NaN). Per tile S = Q K^T, masking (length, block
 // id, causal) with -inf, online softmax, O += P V as common/wgmma_attention.cuh. Unsplit requests
@@ -149,6 +150,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_mbarrier_init();
   }
   unsigned parity = 0;  // bit st: the parity of stage st's next phase
+  // The stage of the next request's first tile, and whether that tile is already in flight
+  // (issued under the previous request's last tile; set at every request's last tile, and a
+  // request without tiles never has one prefetched). Uniform across the CTA.
+  int first_stage = 0;
+  bool prefetched = false;
+  bool my_ok = false;  // my_token of the tile in flight is read
 
   // Device values are clamped to the tensors (dense_decode_piece.cuh).
   for (int r = begin_req < 0 ? 0 : begin_req; r <= end_req && r < a.batch; ++r) {
@@ -165,12 +172,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();  // the previous request is done with every buffer (and the barriers ready)
     load_q(a, r, g, row0, rows_per_kv, sq);
     cp_async_commit();
-    bool my_ok = false;  // my_token of the tile in flight is read
-    if (n_tiles > 0) {
+    if (n_tiles > 0 && !prefetched) {
       my_ok = token_valid(a, r, tok0 + my_token, tok1);
-      if (threadIdx.x % 4 == 0) s_ok0[my_token] = my_ok ? 1 : 0;
+      if (threadIdx.x % 4 == 0) s_ok0[first_stage * kTile + my_token] = my_ok ? 1 : 0;
       if (issuer) {
-        issue_kv_tile(a, kv_map, rows_per_box, r, g, tok0, tok1, smem + kKvOffset, bars);
+        issue_kv_tile(a, kv_map, rows_per_box, r, g, tok0, tok1,
+                      smem + kKvOffset + first_stage * kSlabs * kSlab, bars + first_stage);
       }
     }
 
@@ -180,7 +187,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (auto& t : o) t = 0.0f;
 
     for (int it = 0; it < n_tiles; ++it) {
-      const int st = it & 1, t0 = tok0 + it * kTile;
+      const int st = (first_stage + it) & 1, t0 = tok0 + it * kTile;
       unsigned char* sk = smem + kKvOffset + st * kSlabs * kSlab;
       if (it == 0) cp_async_wait<0>();  // Q landed
       mbarrier_wait(bars + st, (parity >> st) & 1u);  // tile it landed
@@ -188,11 +195,24 @@ __global__ void __launch_bounds__(kThreads, 1)
       clear_row_unless(my_ok, sk);
       fence_proxy_async();  // Q and the cleared rows, for wgmma (the async proxy)
       __syncthreads();      // to all; everyone is done with tile it-1's stage and P
-      if (it + 1 < n_tiles) {
-        my_ok = token_valid(a, r, t0 + kTile + my_token, tok1);
+      // The next tile into the other stage: this request's, or after its last tile the next
+      // request's first (if it has one), so no request starts by waiting for its first copy.
+      int nr = r, n0 = t0 + kTile, n_end = tok1;
+      if (it + 1 == n_tiles) {
+        nr = r + 1;
+        n0 = n_end = 0;
+        if (nr <= end_req && nr < a.batch) {
+          const DenseDecodePiece next = dense_decode_piece(a, cta.rec, nr);
+          n0 = next.tok0;
+          n_end = next.tok1;
+        }
+        prefetched = n0 < n_end;
+      }
+      if (n0 < n_end) {
+        my_ok = token_valid(a, nr, n0 + my_token, n_end);
         if (threadIdx.x % 4 == 0) s_ok0[(st ^ 1) * kTile + my_token] = my_ok ? 1 : 0;
         if (issuer) {
-          issue_kv_tile(a, kv_map, rows_per_box, r, g, t0 + kTile, tok1,
+          issue_kv_tile(a, kv_map, rows_per_box, nr, g, n0, n_end,
                         smem + kKvOffset + (st ^ 1) * kSlabs * kSlab, bars + (st ^ 1));
         }
       }
@@ -211,6 +231,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       softmax_pv<kFp16>(s, m, l, o, sp, kv_addr, s_max, s_sum, pl);
     }
     cp_async_wait<0>();  // with no tile: Q still in flight
+    first_stage = (first_stage + n_tiles) & 1;
 
     // Finalise this piece: this thread's rows, channels 256 wg + 8 nt + 2 q4 + {0, 1}.
     FMLA_UNROLL
