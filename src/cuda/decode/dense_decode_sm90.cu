@@ -7,12 +7,13 @@
 // 128-byte-swizzled slabs; then 64-token KV tiles, each brought by warp 0 as bulk tensor copies
 // (one per 64-channel slab and run of rows within a page, the tensor map swizzling them as wgmma
 // reads them) into a double buffer, completing on the stage's mbarrier while the other stage is
-// computed (after a request's last tile comes the next request's first, so requests of a part
-// follow each other without a wait for their first copy); runs of tokens that are not read (past the piece's end, or in a block outside the
-// cache) are not copied. After the wait, the rows of tokens not read are zeroed (the stage's old
-// contents, or cache bytes past the end, may be NaN). Per tile S = Q K^T, masking (length, block
-// id, causal) with -inf, online softmax, O += P V as common/wgmma_attention.cuh. Unsplit requests
-// are finalised into out / lse; split pieces go to the accumulators (log2 units) for the combine. The cache's layout must suit the
+// computed (after a request's last tile comes the next request's first, so the requests of a
+// part follow each other without waiting for a first copy). Runs of tokens that are not read
+// (past the piece's end, or in a block outside the cache) are not copied; after the wait, the
+// rows of tokens not read are zeroed (the stage's old contents, or cache bytes past the end, may
+// be NaN). Per tile S = Q K^T, masking (length, block id, causal) with -inf, online softmax,
+// O += P V as common/wgmma_attention.cuh. Unsplit requests are finalised into out / lse; split
+// pieces go to the accumulators (log2 units) for the combine. The cache's layout must suit the
 // tensor map (a page size that is a multiple of 8, 16-byte aligned strides); the entry point
 // runs the SM80 kernel otherwise.
 #include <cmath>
