@@ -25,6 +25,12 @@ FMLA_CUDA_NS_BEGIN
 
 namespace {
 
+// FLASHMLA_LOG=debug: the backend says which kernels it runs.
+bool debug_log() {
+  const char* log = std::getenv("FLASHMLA_LOG");
+  return log && std::string_view(log) == "debug";
+}
+
 #if defined(__CUDACC__)
 constexpr const char* kName = "nvcc";
 
@@ -100,8 +106,7 @@ bool hopper_kernels() {
 #endif
   const bool hopper = built && !opted_out && major == 9 && minor == 0;
   static std::atomic<uint64_t> logged{0};
-  if (const char* log = std::getenv("FLASHMLA_LOG"); log && std::string_view(log) == "debug" &&
-      device >= 0 && device < 64 && !(logged.fetch_or(uint64_t{1} << device) >> device & 1)) {
+  if (debug_log() && device >= 0 && device < 64 && !(logged.fetch_or(uint64_t{1} << device) >> device & 1)) {
     std::fprintf(stderr, "flashmla: CUDA device %d (compute capability %d.%d): %s kernels%s\n",
                  device, major, minor, hopper ? "sm90 (wgmma)" : "sm80 (portable)",
                  opted_out ? " (FLASHMLA_CUDA_PORTABLE)"
@@ -142,7 +147,7 @@ void dense_decode(const core::DenseDecodeParams& p, void* stream) {
   // said under FLASHMLA_LOG=debug, as the choice of kernels is).
   static std::atomic<bool> said{false};
   if (ran != picked && !said.exchange(true)) {
-    if (const char* log = std::getenv("FLASHMLA_LOG"); log && std::string_view(log) == "debug") {
+    if (debug_log()) {
       std::fprintf(stderr,
                    "flashmla: dense decode on the sm80 kernel: the sm90 one reads the cache "
                    "through a TMA tensor map, which needs page_block_size a multiple of 8 (got "

@@ -72,4 +72,13 @@ __device__ __forceinline__ DenseDecodePiece dense_decode_piece(const DenseDecode
   return p;
 }
 
+// The cache block of token t of request r, or -1 if the token is not read: t >= t_end (the
+// piece's end, within the block table's reach) or a block id outside the cache (the table is
+// device data, unchecked here; such a token is invalid like one past the length).
+__device__ __forceinline__ int64_t token_block(const DenseDecodeArgs& a, int r, int t, int t_end) {
+  if (t >= t_end) return -1;
+  const int64_t blk = a.block_table[r * a.block_table_stride + t / a.page_block_size];
+  return blk >= 0 && blk < a.num_blocks ? blk : -1;
+}
+
 FMLA_CUDA_NS_END

@@ -52,16 +52,13 @@ __device__ __forceinline__ void load_kv_tile(const DenseDecodeArgs& a, int r, in
                                              int t_end, uint16_t* sk, int* ok) {
   const int j = static_cast<int>(threadIdx.x) / 4, quarter = static_cast<int>(threadIdx.x) % 4;
   const int t = t0 + j;
-  bool valid = t < t_end;
+  // An invalid token (token_block: past the end, or a block outside the cache) reads nothing
+  // and its score is -inf.
+  const int64_t blk = token_block(a, r, t, t_end);
+  const bool valid = blk >= 0;
   const uint16_t* src = a.k_cache;
   if (valid) {
-    const int64_t blk = a.block_table[r * a.block_table_stride + t / a.page_block_size];
-    // A block id outside the cache (the table is device data, unchecked here) makes the token
-    // invalid, like one past the length: nothing is read and its score is -inf.
-    valid = blk >= 0 && blk < a.num_blocks;
-    if (valid) {
-      src += blk * a.k_stride[0] + (t % a.page_block_size) * a.k_stride[1] + g * a.k_stride[2];
-    }
+    src += blk * a.k_stride[0] + (t % a.page_block_size) * a.k_stride[1] + g * a.k_stride[2];
   }
   uint16_t* dst = sk + j * kLdk;
   for (int c = quarter; c < kChunks; c += 4) {

@@ -73,12 +73,9 @@ __device__ __forceinline__ void load_q(const DenseDecodeArgs& a, int r, int g, i
   }
 }
 
-// Whether token t of request r is read: t < t_end (the piece's end, within the block table's
-// reach) and its block id inside the cache (the table is device data, unchecked here).
+// Whether token t of request r is read (dense_decode_piece.cuh's token_block).
 __device__ __forceinline__ bool token_valid(const DenseDecodeArgs& a, int r, int t, int t_end) {
-  if (t >= t_end) return false;
-  const int64_t blk = a.block_table[r * a.block_table_stride + t / a.page_block_size];
-  return blk >= 0 && blk < a.num_blocks;
+  return token_block(a, r, t, t_end) >= 0;
 }
 
 // Warp 0: tokens t0..t0+63 of KV head g of request r into the stage at sk by bulk tensor copies
@@ -90,11 +87,7 @@ __device__ __forceinline__ void issue_kv_tile(const DenseDecodeArgs& a, const Tm
                                               int rows, int r, int g, int t0, int t_end,
                                               unsigned char* sk, uint64_t* bar) {
   const int lane = lane_id(), t = t0 + lane * rows;
-  int blk = -1;
-  if (lane < kTile / rows && t < t_end) {
-    const int64_t b = a.block_table[r * a.block_table_stride + t / a.page_block_size];
-    if (b >= 0 && b < a.num_blocks) blk = static_cast<int>(b);
-  }
+  const int blk = lane < kTile / rows ? static_cast<int>(token_block(a, r, t, t_end)) : -1;
   const unsigned copied = __ballot_sync(kFullMask, blk >= 0);
   if (lane == 0) {
     mbarrier_arrive_expect_tx(bar, static_cast<unsigned>(__popc(copied)) * kSlabs * rows * 128u);
