@@ -27,18 +27,6 @@ struct MmaPayload {  // what the other lanes need of a lane's fragments (C stays
 
 }  // namespace
 
-float mma_element(uint16_t bits, MmaType type) {
-  if (type == MmaType::bf16) {
-    const uint32_t w = uint32_t{bits} << 16;
-    float f;
-    std::memcpy(&f, &w, 4);
-    return f;
-  }
-  __half_raw raw;
-  raw.x = bits;
-  return __half2float(__half(raw));
-}
-
 void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                   const float (&c)[4]) {
   MmaPayload mine;
@@ -82,6 +70,7 @@ void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uin
 
 void ldmatrix(uint32_t* r, int num, bool trans, const void* row) {
   const unsigned char* smem = static_cast<const unsigned char*>(dynamic_smem());
+  const size_t smem_bytes = dynamic_smem_bytes();
   const void* mine = row;
   const unsigned char* slots = warp_exchange(0xffffffffu, &mine, sizeof mine,
                                              trans ? "ldmatrix.trans" : "ldmatrix");
@@ -90,7 +79,7 @@ void ldmatrix(uint32_t* r, int num, bool trans, const void* row) {
   for (int l = 0; l < 8 * num; ++l) {
     const auto* a = static_cast<const unsigned char*>(addr[l]);
     if (reinterpret_cast<uintptr_t>(a) % 16) fail("ldmatrix row address not 16-byte aligned");
-    if (a < smem || a + 16 > smem + dynamic_smem_bytes()) {
+    if (a < smem || a + 16 > smem + smem_bytes) {
       fail("ldmatrix row address outside the block's shared memory");
     }
   }

@@ -74,8 +74,18 @@ void unpark(const void* key);
 
 // ---- emulated instructions (instructions.cpp, from the PTX ISA's semantics) ----
 enum class MmaType { bf16, f16 };
-// A bf16 / fp16 bit pattern as float (exact).
-float mma_element(uint16_t bits, MmaType type);
+// A bf16 / fp16 bit pattern as float (exact; inline: the matrix emulations' innermost step).
+inline float mma_element(uint16_t bits, MmaType type) {
+  if (type == MmaType::bf16) {
+    const uint32_t w = uint32_t{bits} << 16;
+    float f;
+    std::memcpy(&f, &w, 4);
+    return f;
+  }
+  __half_raw raw;
+  raw.x = bits;
+  return __half2float(__half(raw));
+}
 void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                   const float (&c)[4]);
 void ldmatrix(uint32_t* r, int num, bool trans, const void* row);

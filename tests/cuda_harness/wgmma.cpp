@@ -46,8 +46,8 @@ struct WgmmaOp {
   int n;
   uint64_t desc_a, desc_b;
   bool accumulate, trans_a, trans_b;
-  int64_t group;               // -1: not committed yet
-  std::vector<double> issued;  // A B for this thread's accumulators, read at the issue
+  int64_t group;                // -1: not committed yet
+  std::vector<uint16_t> issued;  // this thread's A and B elements, read at the issue
 };
 
 struct WgmmaState final : ThreadState {
@@ -98,88 +98,134 @@ Desc decode(uint64_t v, const char* which) {
   return {field(0), field(16), field(32), static_cast<int>(v >> 62)};
 }
 
-// The block's shared memory, looked up once per operation.
-struct Smem {
-  const unsigned char* base;
-  size_t bytes;
-};
-
-// Element (mn, k) of an operand (mn: row of A or column of B).
-float element(const Smem& sm, const Desc& d, bool mn_major, int mn, int k, MmaType type,
-              const char* which) {
-  uint32_t a = 0;
-  if (d.swizzle == 0) {
-    if (mn_major) {
+// An operand's addressing in the block's shared memory: its descriptor decoded, and the layout
+// checked, once per operation.
+class Operand {
+ public:
+  Operand(uint64_t desc, bool mn_major, const char* which)
+      : base_(static_cast<const unsigned char*>(dynamic_smem())),
+        bytes_(dynamic_smem_bytes()),
+        d_(decode(desc, which)),
+        mn_major_(mn_major),
+        which_(which) {
+    if (d_.swizzle == 0 && mn_major) {
       fail((std::string("wgmma: ") + which + " is MN-major without swizzling (not emulated)")
                .c_str());
     }
-    a = d.start + (mn / 8) * d.sbo + (k / 8) * d.lbo + (mn % 8) * 16 + (k % 8) * 2;
-  } else {
-    if (d.swizzle != 1) {
+    if (d_.swizzle > 1) {
       fail((std::string("wgmma: ") + which + " uses 64- or 32-byte swizzling (not emulated)")
                .c_str());
     }
-    if (d.start % 1024 >= 128) {
+    if (d_.swizzle == 1 && d_.start % 1024 >= 128) {
       fail((std::string("wgmma: ") + which +
             " starts past the first row of its 1024-byte swizzle pattern (needs a base offset; "
             "not emulated)")
                .c_str());
     }
-    a = mn_major ? d.start + (mn / 64) * d.lbo + (k / 8) * d.sbo + (k % 8) * 128 + (mn % 64) * 2
-                 : d.start + (mn / 8) * d.sbo + (mn % 8) * 128 + k * 2;
-    a ^= ((a >> 7) & 7u) << 4;
   }
-  if (a + 2 > sm.bytes) {
-    fail((std::string("wgmma: ") + which + " reads outside the block's shared memory").c_str());
-  }
-  uint16_t bits;
-  std::memcpy(&bits, sm.base + a, 2);
-  return mma_element(bits, type);
-}
 
-// The product A B at this thread's accumulator positions, from shared memory as it is now
-// (products of 16-bit floats and their sums are exact in double). Accumulator i of the thread
-// is row 16 warp + lane / 4 + 8 ((i % 4) / 2), column 8 (i / 4) + 2 (lane % 4) + i % 2: two rows
-// of A and n / 4 columns of B, each read once.
-std::vector<double> products(const WgmmaOp& op) {
-  const Desc a = decode(op.desc_a, "A"), b = decode(op.desc_b, "B");
-  const Smem sm{static_cast<const unsigned char*>(dynamic_smem()), dynamic_smem_bytes()};
+  bool mn_major() const { return mn_major_; }
+
+  // The bits of element (mn, k) (mn: row of A or column of B).
+  uint16_t bits(int mn, int k) const {
+    uint16_t v;
+    std::memcpy(&v, at(offset(mn, k), 2), 2);
+    return v;
+  }
+  // K-major: elements (mn, k0 .. k0 + 7) for k0 a multiple of 8, which are the 16 bytes of one
+  // row of a core matrix (unswizzled, or one 16-byte chunk of a swizzled 128-byte row).
+  void bits8(int mn, int k0, uint16_t* out) const { std::memcpy(out, at(offset(mn, k0), 16), 16); }
+
+ private:
+  uint32_t offset(int mn, int k) const {
+    uint32_t a = 0;
+    if (d_.swizzle == 0) {
+      a = d_.start + (mn / 8) * d_.sbo + (k / 8) * d_.lbo + (mn % 8) * 16 + (k % 8) * 2;
+    } else {
+      a = mn_major_
+              ? d_.start + (mn / 64) * d_.lbo + (k / 8) * d_.sbo + (k % 8) * 128 + (mn % 64) * 2
+              : d_.start + (mn / 8) * d_.sbo + (mn % 8) * 128 + k * 2;
+      a ^= ((a >> 7) & 7u) << 4;
+    }
+    return a;
+  }
+  const unsigned char* at(uint32_t a, uint32_t n) const {
+    if (a + n > bytes_) {
+      fail((std::string("wgmma: ") + which_ + " reads outside the block's shared memory").c_str());
+    }
+    return base_ + a;
+  }
+
+  const unsigned char* base_;
+  size_t bytes_;
+  Desc d_;
+  bool mn_major_;
+  const char* which_;
+};
+
+constexpr int kK = 16;
+
+// The elements of A and B this thread's accumulators need, from shared memory as it is now.
+// Accumulator i of the thread is row 16 warp + lane / 4 + 8 ((i % 4) / 2), column
+// 8 (i / 4) + 2 (lane % 4) + i % 2: two rows of A (the first 2 x 16 elements), then n / 4
+// columns of B, k-major (element k of column j = 2 (i / 4) + i % 2 at 32 + k (n / 4) + j).
+std::vector<uint16_t> operands(const WgmmaOp& op) {
+  const Operand a(op.desc_a, op.trans_a, "A"), b(op.desc_b, op.trans_b, "B");
   const int linear = thread_linear(), lane = linear & 31, warp = (linear >> 5) & 3;
-  constexpr int kK = 16;
-  float rows[2][kK];
+  const int cols = op.n / 4;
+  std::vector<uint16_t> v(static_cast<size_t>(2 + cols) * kK);
   for (int h = 0; h < 2; ++h) {
-    for (int k = 0; k < kK; ++k) {
-      rows[h][k] = element(sm, a, op.trans_a, 16 * warp + lane / 4 + 8 * h, k, op.type, "A");
+    const int row = 16 * warp + lane / 4 + 8 * h;
+    for (int k = 0; k < kK; k += 8) {
+      if (a.mn_major()) {
+        for (int i = 0; i < 8; ++i) v[h * kK + k + i] = a.bits(row, k + i);
+      } else {
+        a.bits8(row, k, &v[h * kK + k]);
+      }
     }
   }
-  std::vector<float> cols(static_cast<size_t>(op.n / 4) * kK);  // column j = 2 (i / 4) + i % 2
-  for (int j = 0; j < op.n / 4; ++j) {
-    for (int k = 0; k < kK; ++k) {
-      cols[static_cast<size_t>(j) * kK + k] =
-          element(sm, b, op.trans_b, 8 * (j / 2) + 2 * (lane % 4) + j % 2, k, op.type, "B");
+  for (int j = 0; j < cols; ++j) {
+    const int col = 8 * (j / 2) + 2 * (lane % 4) + j % 2;
+    uint16_t e[kK];
+    for (int k = 0; k < kK; k += 8) {
+      if (b.mn_major()) {
+        for (int i = 0; i < 8; ++i) e[k + i] = b.bits(col, k + i);
+      } else {
+        b.bits8(col, k, &e[k]);
+      }
     }
+    for (int k = 0; k < kK; ++k) v[static_cast<size_t>(2 * kK + k * cols + j)] = e[k];
   }
-  std::vector<double> p(static_cast<size_t>(op.n / 2));
-  for (int i = 0; i < op.n / 2; ++i) {
-    const float* x = rows[(i % 4) / 2];
-    const float* y = &cols[static_cast<size_t>(2 * (i / 4) + i % 2) * kK];
-    double s = 0.0;
-    for (int k = 0; k < kK; ++k) s += static_cast<double>(x[k]) * y[k];
-    p[static_cast<size_t>(i)] = s;
-  }
-  return p;
+  return v;
 }
 
 void perform(const WgmmaOp& op) {
-  const std::vector<double> now = products(op);
-  if (std::memcmp(now.data(), op.issued.data(), now.size() * sizeof(double)) != 0) {
+  const std::vector<uint16_t> now = operands(op);
+  if (now != op.issued) {
     fail("wgmma: its shared-memory operands changed between wgmma.mma_async and the "
          "wgmma.wait_group that completed it (a missing barrier before the issue, or an "
          "overwrite before the wait)");
   }
-  // One rounding of C + A B (as the mma.sync emulation).
-  for (size_t i = 0; i < now.size(); ++i) {
-    op.d[i] = static_cast<float>((op.accumulate ? op.d[i] : 0.0) + now[i]);
+  // A B at the accumulators: products of 16-bit floats and their sums are exact in double
+  // (summed in order of k), then one rounding of C + A B (as the mma.sync emulation).
+  const int cols = op.n / 4;
+  double rows[2][kK];
+  for (int h = 0; h < 2; ++h) {
+    for (int k = 0; k < kK; ++k) rows[h][k] = mma_element(now[h * kK + k], op.type);
+  }
+  double ab[2][64] = {};  // [row][column j]
+  double col[64];
+  for (int k = 0; k < kK; ++k) {
+    for (int j = 0; j < cols; ++j) {
+      col[j] = mma_element(now[static_cast<size_t>(2 * kK + k * cols + j)], op.type);
+    }
+    for (int h = 0; h < 2; ++h) {
+      for (int j = 0; j < cols; ++j) ab[h][j] += rows[h][k] * col[j];
+    }
+  }
+  for (int i = 0; i < op.n / 2; ++i) {
+    const double p = ab[(i % 4) / 2][2 * (i / 4) + i % 2];
+    op.d[i] = static_cast<float>((op.accumulate ? op.d[i] : 0.0) + p);
   }
 }
 
@@ -235,7 +281,7 @@ void wgmma_mma_async(MmaType type, float* d, int n, uint64_t desc_a, uint64_t de
   }
   ++st.issued;
   WgmmaOp op{type, d, n, desc_a, desc_b, accumulate, trans_a, trans_b, -1, {}};
-  op.issued = products(op);
+  op.issued = operands(op);
   st.ops.push_back(std::move(op));
 }
 
