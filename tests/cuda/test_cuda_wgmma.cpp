@@ -71,6 +71,8 @@ struct Gemm {
   // Faults to inject (each must be caught or show the asynchrony).
   bool skip_fence = false, read_before_wait = false, clobber_before_wait = false;
   bool reserved_bit = false, past_smem = false, lane_disagrees = false, warp_disagrees = false;
+  bool skip_proxy_fence = false;  // A and B stored, then __syncthreads without fence.proxy.async
+  bool store_after_fence = false;  // then a thread rewrites one element, fenced by no one
 };
 
 struct Sizes {
@@ -177,8 +179,12 @@ __global__ void wgmma_gemm(const Gemm g, const uint16_t* a, const uint16_t* b, f
                              : offset_of(g.b_layout, g.n, s.k, nn, kk);
     std::memcpy(smem + s.a_bytes + off, b + i, 2);
   }
-  fence_proxy_async();
+  if (!g.skip_proxy_fence) fence_proxy_async();
   __syncthreads();
+  if (g.store_after_fence) {
+    if (tid == 0) smem[2] ^= 0x80;  // bit 15 of A (0, 1): its sign
+    __syncthreads();
+  }
   if (g.n == 32) {
     run_gemm<32>(g, smem, out, early);
   } else {
@@ -304,6 +310,12 @@ TEST(CudaHarnessWgmma, MisuseIsAnError) {
   // would change it in flight).
   EXPECT_PRED2(contains, error_of({.n = 32, .k_steps = 2, .clobber_before_wait = true}),
                "operands changed between");
+  // Generic-proxy stores wgmma reads without a fence.proxy.async: every operand, or one element
+  // stored after the fence (the barrier after it publishes nothing).
+  EXPECT_PRED2(contains, error_of({.skip_proxy_fence = true}),
+               "A reads shared memory the async proxy does not see as written");
+  EXPECT_PRED2(contains, error_of({.store_after_fence = true}),
+               "A reads shared memory the async proxy does not see as written");
 }
 
 }  // namespace

@@ -77,6 +77,10 @@ struct Block {
   uint3 idx{};
   std::unique_ptr<unsigned char[]> smem;
   size_t smem_bytes = 0;
+  // Shared memory as the async proxy sees it (async_proxy_smem), and whether a thread has
+  // executed fence.proxy.async since it was last brought up to date.
+  std::unique_ptr<unsigned char[]> async_view;
+  bool proxy_fenced = false;
   std::vector<Thread> threads;
   std::vector<uint32_t> runnable;  // per warp, the lanes whose state is runnable (set_state)
   int at_barrier = 0;
@@ -248,12 +252,42 @@ void unpark(const void* key) {
   }
 }
 
+void fence_proxy_async() {
+  current();
+  tl_block->proxy_fenced = true;
+}
+
+void proxy_sync_point() {
+  current();
+  Block& b = *tl_block;
+  if (!b.proxy_fenced) return;
+  std::memcpy(b.async_view.get(), b.smem.get(), b.smem_bytes);
+  b.proxy_fenced = false;
+}
+
+const unsigned char* async_proxy_smem() {
+  current();
+  return tl_block->async_view.get();
+}
+
+void async_proxy_wrote(const void* smem_ptr, size_t bytes) {
+  current();
+  Block& b = *tl_block;
+  const auto* p = static_cast<const unsigned char*>(smem_ptr);
+  if (p < b.smem.get() || p + bytes > b.smem.get() + b.smem_bytes) {
+    fail("async-proxy write outside the block's shared memory");
+  }
+  const size_t off = static_cast<size_t>(p - b.smem.get());
+  std::memcpy(b.async_view.get() + off, p, bytes);
+}
+
 void sync_threads() {
   Thread& t = current();
   Block& b = *tl_block;
   set_state(b, t, State::at_block_barrier);
   if (++b.at_barrier == static_cast<int>(b.threads.size())) {
     b.at_barrier = 0;
+    proxy_sync_point();
     for (Thread& o : b.threads) set_state(b, o, State::runnable);
   }
   yield_to_scheduler();
@@ -526,6 +560,8 @@ LaunchStats launch_blocks(const char* name, dim3 grid, dim3 block, size_t smem_b
     b.smem_bytes = smem_bytes;
     b.smem.reset(new unsigned char[smem_bytes ? smem_bytes : 1]);
     std::memset(b.smem.get(), 0xff, smem_bytes);
+    b.async_view.reset(new unsigned char[smem_bytes ? smem_bytes : 1]);
+    std::memset(b.async_view.get(), 0xff, smem_bytes);
     b.threads.resize(threads);
     b.pending.resize((threads + 31) / 32);
     std::mt19937_64 rng(stats.seed ^ (0xbf58476d1ce4e5b9ull * static_cast<uint64_t>(bi + 1)));

@@ -99,7 +99,19 @@ void wgmma_mma_async(MmaType type, float* d, int n, uint64_t desc_a, uint64_t de
                      bool accumulate, bool trans_a, bool trans_b);
 void wgmma_commit();
 void wgmma_wait(int pending);
+// The two proxies of shared memory. Plain stores, atomics and cp.async write it through the
+// generic proxy; wgmma reads its operands, and bulk copies write, through the async proxy, which
+// sees a generic-proxy write only after a fence.proxy.async of the writer and a barrier (or an
+// mbarrier) ordering it before the reader. Emulated with a second copy of the shared memory, the
+// async proxy's view: it takes the shared memory's contents at each __syncthreads, and at each
+// mbarrier phase completion, that some thread's fence.proxy.async preceded (proxy_sync_point),
+// and with every bulk copy's bytes (async_proxy_wrote); wgmma fails the launch when its operands
+// differ between the two. Coarser than the hardware (any one thread's fence publishes every
+// thread's writes, including those made after the fence) but it catches a missing fence.
 void fence_proxy_async();
+void proxy_sync_point();
+const unsigned char* async_proxy_smem();
+void async_proxy_wrote(const void* smem_ptr, size_t bytes);
 // mbarrier and the tiled bulk tensor copy (tma.cpp). A TensorMap stands for CUtensorMap: what
 // cuTensorMapEncodeTiled was given, checked as the driver checks it.
 struct alignas(64) TensorMap {

@@ -19,7 +19,8 @@
 //    copy issued into a buffer still being read, gets NaN instead of passing by luck. A wait on
 //    a phase that never completes ends the launch with an error naming it, and so does a block
 //    that exits with a copy still in flight.
-//  - fence.mbarrier_init and fence.proxy.async do nothing (one memory proxy).
+//  - The copies write through the async proxy (runtime.h: both views of shared memory take
+//    their bytes). fence.mbarrier_init does nothing.
 #include <map>
 #include <string>
 #include <vector>
@@ -83,6 +84,7 @@ void complete_if_done(MBarrier& b, void* key) {
   if (b.pending == 0 && b.tx == 0) {
     ++b.phase;
     b.pending = b.count;
+    proxy_sync_point();
     unpark(key);
   }
 }
@@ -115,6 +117,7 @@ void perform(const PendingCopy& c) {
               std::memset(c.dst + at, 0, eb);
             }
           }
+  async_proxy_wrote(c.dst, c.bytes);
 }
 
 }  // namespace
@@ -213,6 +216,7 @@ void tma_load_tile(void* smem_dst, const TensorMap* map, const int32_t* coords, 
   PendingCopy c{static_cast<unsigned char*>(smem_dst), *map, {0, 0, 0, 0, 0}, bytes};
   for (int d = 0; d < map->rank; ++d) c.coords[d] = coords[d];
   std::memset(c.dst, 0xff, bytes);  // in flight: nothing valid there until the wait
+  async_proxy_wrote(c.dst, bytes);
   b.copies.push_back(c);
 }
 

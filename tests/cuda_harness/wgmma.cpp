@@ -28,7 +28,9 @@
 //    accessed in between), and every lane of the warpgroup must pass the same descriptors and
 //    flags to its n-th mma_async ("the contents of a matrix descriptor must be same across all
 //    the warps in the warpgroup").
-//  - fence.proxy.async is accepted and does nothing (the harness has one memory proxy).
+//  - Operands are read through the async proxy (runtime.h): at the issue, each must be the same
+//    in the async proxy's view of shared memory as in shared memory, else a generic-proxy write
+//    reached it without a fence.proxy.async before the barrier that ordered it.
 #include <cstring>
 #include <map>
 #include <utility>
@@ -102,8 +104,10 @@ Desc decode(uint64_t v, const char* which) {
 // checked, once per operation.
 class Operand {
  public:
-  Operand(uint64_t desc, bool mn_major, const char* which)
+  // at_issue: also checks that the async proxy sees what shared memory holds.
+  Operand(uint64_t desc, bool mn_major, const char* which, bool at_issue)
       : base_(static_cast<const unsigned char*>(dynamic_smem())),
+        async_view_(at_issue ? async_proxy_smem() : nullptr),
         bytes_(dynamic_smem_bytes()),
         d_(decode(desc, which)),
         mn_major_(mn_major),
@@ -153,10 +157,18 @@ class Operand {
     if (a + n > bytes_) {
       fail((std::string("wgmma: ") + which_ + " reads outside the block's shared memory").c_str());
     }
+    if (async_view_ && std::memcmp(base_ + a, async_view_ + a, n) != 0) {
+      fail((std::string("wgmma: ") + which_ +
+            " reads shared memory the async proxy does not see as written (a generic-proxy "
+            "write, e.g. a store or cp.async, with no fence.proxy.async before the barrier that "
+            "ordered it before the wgmma)")
+               .c_str());
+    }
     return base_ + a;
   }
 
   const unsigned char* base_;
+  const unsigned char* async_view_;
   size_t bytes_;
   Desc d_;
   bool mn_major_;
@@ -169,8 +181,8 @@ constexpr int kK = 16;
 // Accumulator i of the thread is row 16 warp + lane / 4 + 8 ((i % 4) / 2), column
 // 8 (i / 4) + 2 (lane % 4) + i % 2: two rows of A (the first 2 x 16 elements), then n / 4
 // columns of B, k-major (element k of column j = 2 (i / 4) + i % 2 at 32 + k (n / 4) + j).
-std::vector<uint16_t> operands(const WgmmaOp& op) {
-  const Operand a(op.desc_a, op.trans_a, "A"), b(op.desc_b, op.trans_b, "B");
+std::vector<uint16_t> operands(const WgmmaOp& op, bool at_issue) {
+  const Operand a(op.desc_a, op.trans_a, "A", at_issue), b(op.desc_b, op.trans_b, "B", at_issue);
   const int linear = thread_linear(), lane = linear & 31, warp = (linear >> 5) & 3;
   const int cols = op.n / 4;
   std::vector<uint16_t> v(static_cast<size_t>(2 + cols) * kK);
@@ -200,7 +212,7 @@ std::vector<uint16_t> operands(const WgmmaOp& op) {
 }
 
 void perform(const WgmmaOp& op) {
-  const std::vector<uint16_t> now = operands(op);
+  const std::vector<uint16_t> now = operands(op, false);
   if (now != op.issued) {
     fail("wgmma: its shared-memory operands changed between wgmma.mma_async and the "
          "wgmma.wait_group that completed it (a missing barrier before the issue, or an "
@@ -281,7 +293,7 @@ void wgmma_mma_async(MmaType type, float* d, int n, uint64_t desc_a, uint64_t de
   }
   ++st.issued;
   WgmmaOp op{type, d, n, desc_a, desc_b, accumulate, trans_a, trans_b, -1, {}};
-  op.issued = operands(op);
+  op.issued = operands(op, true);
   st.ops.push_back(std::move(op));
 }
 
@@ -309,7 +321,5 @@ void wgmma_wait(int pending) {
   st.ops = std::move(keep);
   st.fenced = false;
 }
-
-void fence_proxy_async() {}
 
 }  // namespace flashmla::cuda_harness
