@@ -73,6 +73,7 @@ struct Gemm {
   bool reserved_bit = false, past_smem = false, lane_disagrees = false, warp_disagrees = false;
   bool skip_proxy_fence = false;  // A and B stored, then __syncthreads without fence.proxy.async
   bool store_after_fence = false;  // then a thread rewrites one element, fenced by no one
+  bool fence_after_barrier = false;  // the stores, __syncthreads, then each thread's fence
 };
 
 struct Sizes {
@@ -179,10 +180,11 @@ __global__ void wgmma_gemm(const Gemm g, const uint16_t* a, const uint16_t* b, f
                              : offset_of(g.b_layout, g.n, s.k, nn, kk);
     std::memcpy(smem + s.a_bytes + off, b + i, 2);
   }
-  if (!g.skip_proxy_fence) fence_proxy_async();
+  if (!g.skip_proxy_fence && !g.fence_after_barrier) fence_proxy_async();
   __syncthreads();
+  if (g.fence_after_barrier) fence_proxy_async();  // (as valid: the barrier ordered the stores)
   if (g.store_after_fence) {
-    if (tid == 0) smem[2] ^= 0x80;  // bit 15 of A (0, 1): its sign
+    if (tid == 0) smem[3] ^= 0x80;  // bit 15 of A (0, 1) (little-endian): its sign
     __syncthreads();
   }
   if (g.n == 32) {
@@ -282,6 +284,10 @@ TEST(CudaHarnessWgmma, UnswizzledCoreMatricesFollowLboAndSbo) {
                   .a_layout = Layout::k_major_cores_k});
   expect_product({.n = 32, .k_steps = 2, .b_layout = Layout::k_major_cores_mn,
                   .a_layout = Layout::k_major_cores_mn});
+}
+
+TEST(CudaHarnessWgmma, AFenceAfterTheBarrierOrdersTheStores) {
+  expect_product({.n = 32, .k_steps = 2, .fence_after_barrier = true});
 }
 
 TEST(CudaHarnessWgmma, AccumulatorsAreWrittenAtTheWait) {

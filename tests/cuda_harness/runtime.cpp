@@ -65,6 +65,8 @@ struct Thread {
   struct Copy { void* dst; const void* src; int cp_bytes, src_bytes; int64_t group; };
   std::vector<Copy> copies;
   int64_t next_group = 0;
+  // The block's proxy_updates at this thread's last fence.proxy.async (~0: none yet).
+  uint64_t fenced_at_update = ~uint64_t{0};
   std::unique_ptr<ThreadState> extension;  // thread_state_slot()
 #if defined(FMLA_HARNESS_ASAN)
   const void* stack_bottom = nullptr;
@@ -77,10 +79,11 @@ struct Block {
   uint3 idx{};
   std::unique_ptr<unsigned char[]> smem;
   size_t smem_bytes = 0;
-  // Shared memory as the async proxy sees it (async_proxy_smem), and whether a thread has
-  // executed fence.proxy.async since it was last brought up to date.
+  // Shared memory as the async proxy sees it (async_proxy_smem); whether a thread has executed
+  // fence.proxy.async since it was last brought up to date; how many times it has been.
   std::unique_ptr<unsigned char[]> async_view;
   bool proxy_fenced = false;
+  uint64_t proxy_updates = 0;
   std::vector<Thread> threads;
   std::vector<uint32_t> runnable;  // per warp, the lanes whose state is runnable (set_state)
   int at_barrier = 0;
@@ -253,7 +256,8 @@ void unpark(const void* key) {
 }
 
 void fence_proxy_async() {
-  current();
+  Thread& t = current();
+  t.fenced_at_update = tl_block->proxy_updates;
   tl_block->proxy_fenced = true;
 }
 
@@ -263,10 +267,14 @@ void proxy_sync_point() {
   if (!b.proxy_fenced) return;
   std::memcpy(b.async_view.get(), b.smem.get(), b.smem_bytes);
   b.proxy_fenced = false;
+  ++b.proxy_updates;
 }
 
 const unsigned char* async_proxy_smem() {
-  current();
+  const Thread& t = current();
+  // The caller's own fence since the last update orders what reached it (through the barriers
+  // before the fence) for its async-proxy reads.
+  if (t.fenced_at_update == tl_block->proxy_updates) proxy_sync_point();
   return tl_block->async_view.get();
 }
 

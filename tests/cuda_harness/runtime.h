@@ -101,13 +101,16 @@ void wgmma_commit();
 void wgmma_wait(int pending);
 // The two proxies of shared memory. Plain stores, atomics and cp.async write it through the
 // generic proxy; wgmma reads its operands, and bulk copies write, through the async proxy, which
-// sees a generic-proxy write only after a fence.proxy.async of the writer and a barrier (or an
-// mbarrier) ordering it before the reader. Emulated with a second copy of the shared memory, the
-// async proxy's view: it takes the shared memory's contents at each __syncthreads, and at each
-// mbarrier phase completion, that some thread's fence.proxy.async preceded (proxy_sync_point),
-// and with every bulk copy's bytes (async_proxy_wrote); wgmma fails the launch when its operands
-// differ between the two. Coarser than the hardware (any one thread's fence publishes every
-// thread's writes, including those made after the fence) but it catches a missing fence.
+// sees a generic-proxy write only once a fence.proxy.async and a barrier (or an mbarrier) order
+// it before the reader. Emulated with a second copy of the shared memory, the async proxy's
+// view. The view takes the shared memory's contents at each __syncthreads and each mbarrier
+// phase completion that some thread's fence.proxy.async preceded (proxy_sync_point), and when a
+// thread that has fenced since the last such update reads through the async proxy
+// (async_proxy_smem: write; __syncthreads; fence; wgmma). Bulk copies write both copies
+// (async_proxy_wrote: their 0xFF poison at the issue, their data when they land). wgmma fails
+// the launch when its operands differ between the two. Coarser than the hardware (one thread's
+// fence publishes every thread's writes, including those made after it) but a kernel with no
+// fence between a generic write and a wgmma that reads it fails.
 void fence_proxy_async();
 void proxy_sync_point();
 const unsigned char* async_proxy_smem();
