@@ -45,6 +45,9 @@ constexpr int kBarOffset = kStatsOffset + (2 * 2 * kRows + kStages * kTile) * 4;
 constexpr int kSmemBytes = kBarOffset + kStages * 8 + 1024;
 static_assert(kBarOffset % 8 == 0, "mbarriers are 8-byte aligned");
 static_assert(kSmemBytes <= 227 * 1024, "fits the 227 KiB per block of sm_90");
+// A piece starts on a schedule block, so its tiles start on multiples of 64 tokens: a box of R
+// tokens never crosses a page, and the bytes armed are the bytes the copies deliver.
+static_assert(kDenseSchedBlock % kTile == 0, "tiles start on multiples of the tile");
 
 // The KV cache as the tensor map sees it: (channel, KV head, token in page, block), 576 x
 // num_heads_kv x page_block_size x num_blocks, and a box of 64 channels x 1 head x R tokens x 1
