@@ -100,6 +100,8 @@ Desc decode(uint64_t v, const char* which) {
   return {field(0), field(16), field(32), static_cast<int>(v >> 62)};
 }
 
+constexpr int kK = 16;  // K of one wgmma
+
 // An operand's addressing in the block's shared memory: its descriptor decoded, and the layout
 // checked, once per operation.
 class Operand {
@@ -128,17 +130,18 @@ class Operand {
     }
   }
 
-  bool mn_major() const { return mn_major_; }
-
-  // The bits of element (mn, k) (mn: row of A or column of B).
-  uint16_t bits(int mn, int k) const {
-    uint16_t v;
-    std::memcpy(&v, at(offset(mn, k), 2), 2);
-    return v;
+  // The bits of elements (mn, 0 .. 15) (mn: row of A or column of B). K-major, each run of 8
+  // is the 16 bytes of one row of a core matrix (unswizzled, or one 16-byte chunk of a swizzled
+  // 128-byte row); MN-major, element by element.
+  void k_step(int mn, uint16_t (&out)[kK]) const {
+    for (int k0 = 0; k0 < kK; k0 += 8) {
+      if (!mn_major_) {
+        std::memcpy(&out[k0], at(offset(mn, k0), 16), 16);
+        continue;
+      }
+      for (int k = k0; k < k0 + 8; ++k) std::memcpy(&out[k], at(offset(mn, k), 2), 2);
+    }
   }
-  // K-major: elements (mn, k0 .. k0 + 7) for k0 a multiple of 8, which are the 16 bytes of one
-  // row of a core matrix (unswizzled, or one 16-byte chunk of a swizzled 128-byte row).
-  void bits8(int mn, int k0, uint16_t* out) const { std::memcpy(out, at(offset(mn, k0), 16), 16); }
 
  private:
   uint32_t offset(int mn, int k) const {
@@ -175,8 +178,6 @@ class Operand {
   const char* which_;
 };
 
-constexpr int kK = 16;
-
 // The elements of A and B this thread's accumulators need, from shared memory as it is now.
 // Accumulator i of the thread is row 16 warp + lane / 4 + 8 ((i % 4) / 2), column
 // 8 (i / 4) + 2 (lane % 4) + i % 2: two rows of A (the first 2 x 16 elements), then n / 4
@@ -186,26 +187,13 @@ std::vector<uint16_t> operands(const WgmmaOp& op, bool at_issue) {
   const int linear = thread_linear(), lane = linear & 31, warp = (linear >> 5) & 3;
   const int cols = op.n / 4;
   std::vector<uint16_t> v(static_cast<size_t>(2 + cols) * kK);
+  uint16_t e[kK];
   for (int h = 0; h < 2; ++h) {
-    const int row = 16 * warp + lane / 4 + 8 * h;
-    for (int k = 0; k < kK; k += 8) {
-      if (a.mn_major()) {
-        for (int i = 0; i < 8; ++i) v[h * kK + k + i] = a.bits(row, k + i);
-      } else {
-        a.bits8(row, k, &v[h * kK + k]);
-      }
-    }
+    a.k_step(16 * warp + lane / 4 + 8 * h, e);
+    std::memcpy(&v[h * kK], e, sizeof e);
   }
   for (int j = 0; j < cols; ++j) {
-    const int col = 8 * (j / 2) + 2 * (lane % 4) + j % 2;
-    uint16_t e[kK];
-    for (int k = 0; k < kK; k += 8) {
-      if (b.mn_major()) {
-        for (int i = 0; i < 8; ++i) e[k + i] = b.bits(col, k + i);
-      } else {
-        b.bits8(col, k, &e[k]);
-      }
-    }
+    b.k_step(8 * (j / 2) + 2 * (lane % 4) + j % 2, e);
     for (int k = 0; k < kK; ++k) v[static_cast<size_t>(2 * kK + k * cols + j)] = e[k];
   }
   return v;
