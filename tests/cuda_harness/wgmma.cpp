@@ -5,17 +5,7 @@
 //    start address >> 4, 16-29 leading dimension byte offset (LBO) >> 4, 32-45 stride dimension
 //    byte offset (SBO) >> 4, 49-51 base offset, 62-63 swizzle mode (0 none, 1 128B, 2 64B,
 //    3 32B); every other bit 0.
-//  - Shared memory layouts ("Shared Memory Matrix Layout"), for 16-bit elements: a matrix is made
-//    of core matrices of 8 rows x 16 bytes. K-major without swizzling: the 8 rows of a core
-//    matrix 16 bytes apart, the next core matrix along K at LBO, along M/N at SBO. K-major with
-//    128-byte swizzling: 8 rows of 128 bytes (64 elements of K) form a swizzle atom, the next 8
-//    rows along M/N at SBO (LBO unused). MN-major with 128-byte swizzling: 64 elements of M/N
-//    contiguous (128 bytes), 8 such rows for consecutive k, the next 64 elements of M/N at LBO,
-//    the next 8 k at SBO. 128-byte swizzling permutes the 16-byte chunks of each 128-byte row:
-//    address bits 4-6 are XORed with bits 7-9 (the row within the 1024-byte pattern).
-//    Emulated here: K-major unswizzled and 128-byte swizzled, MN-major 128-byte swizzled, with
-//    the pattern's 1024-byte alignment (base offset 0, start address in the first 128 bytes of
-//    an aligned 1024-byte block); anything else fails the launch rather than guessing.
+//  - Shared memory layouts: cuda_harness/smem_operand.h.
 //  - Accumulator D of m64nN (f32): the warpgroup's warp w holds rows 16w..16w+15; register i of
 //    lane l is row 16w + l/4 + 8 ((i % 4) / 2), column 8 (i / 4) + 2 (l % 4) + i % 2.
 //  - Asynchrony: wgmma.mma_async reads A and B from shared memory at the issue and again when
@@ -38,6 +28,7 @@
 #include <vector>
 
 #include "cuda_harness/runtime.h"
+#include "cuda_harness/smem_operand.h"
 
 namespace flashmla::cuda_harness {
 namespace {
@@ -82,108 +73,34 @@ WgmmaState& state() {
   return static_cast<WgmmaState&>(*slot);
 }
 
-struct Desc {
-  uint32_t start, lbo, sbo;
-  int swizzle;
-};
-
 constexpr uint64_t kReservedBits = (uint64_t{3} << 14) | (uint64_t{3} << 30) |
                                    (((uint64_t{1} << 16) - 1) << 46);
 
-Desc decode(uint64_t v, const char* which) {
+// The wgmma descriptor: swizzle mode in bits 62-63 (0 none, 1 128B; 64B and 32B not emulated).
+SmemDesc decode(uint64_t v, const char* which) {
   if (v & kReservedBits) {
     fail((std::string("wgmma: ") + which +
           " descriptor has reserved bits or a base offset set (emulated: base offset 0)")
              .c_str());
   }
+  const int swizzle = static_cast<int>(v >> 62);
+  if (swizzle > 1) {
+    fail((std::string("wgmma: ") + which + " uses 64- or 32-byte swizzling (not emulated)")
+             .c_str());
+  }
   const auto field = [&](int lo) { return static_cast<uint32_t>((v >> lo) & 0x3fffu) << 4; };
-  return {field(0), field(16), field(32), static_cast<int>(v >> 62)};
+  return {field(0), field(16), field(32), swizzle == 1};
 }
 
-constexpr int kK = 16;  // K of one wgmma
-
-// An operand's addressing in the block's shared memory: its descriptor decoded, and the layout
-// checked, once per operation.
-class Operand {
- public:
-  // at_issue: also checks that the async proxy sees what shared memory holds.
-  Operand(uint64_t desc, bool mn_major, const char* which, bool at_issue)
-      : base_(static_cast<const unsigned char*>(dynamic_smem())),
-        async_view_(at_issue ? async_proxy_smem() : nullptr),
-        bytes_(dynamic_smem_bytes()),
-        d_(decode(desc, which)),
-        mn_major_(mn_major),
-        which_(which) {
-    if (d_.swizzle == 0 && mn_major) {
-      fail((std::string("wgmma: ") + which + " is MN-major without swizzling (not emulated)")
-               .c_str());
-    }
-    if (d_.swizzle > 1) {
-      fail((std::string("wgmma: ") + which + " uses 64- or 32-byte swizzling (not emulated)")
-               .c_str());
-    }
-    if (d_.swizzle == 1 && d_.start % 1024 >= 128) {
-      fail((std::string("wgmma: ") + which +
-            " starts past the first row of its 1024-byte swizzle pattern (needs a base offset; "
-            "not emulated)")
-               .c_str());
-    }
-  }
-
-  // The bits of elements (mn, 0 .. 15) (mn: row of A or column of B). K-major, each run of 8
-  // is the 16 bytes of one row of a core matrix (unswizzled, or one 16-byte chunk of a swizzled
-  // 128-byte row); MN-major, element by element.
-  void k_step(int mn, uint16_t (&out)[kK]) const {
-    for (int k0 = 0; k0 < kK; k0 += 8) {
-      if (!mn_major_) {
-        std::memcpy(&out[k0], at(offset(mn, k0), 16), 16);
-        continue;
-      }
-      for (int k = k0; k < k0 + 8; ++k) std::memcpy(&out[k], at(offset(mn, k), 2), 2);
-    }
-  }
-
- private:
-  uint32_t offset(int mn, int k) const {
-    uint32_t a = 0;
-    if (d_.swizzle == 0) {
-      a = d_.start + (mn / 8) * d_.sbo + (k / 8) * d_.lbo + (mn % 8) * 16 + (k % 8) * 2;
-    } else {
-      a = mn_major_
-              ? d_.start + (mn / 64) * d_.lbo + (k / 8) * d_.sbo + (k % 8) * 128 + (mn % 64) * 2
-              : d_.start + (mn / 8) * d_.sbo + (mn % 8) * 128 + k * 2;
-      a ^= ((a >> 7) & 7u) << 4;
-    }
-    return a;
-  }
-  const unsigned char* at(uint32_t a, uint32_t n) const {
-    if (a + n > bytes_) {
-      fail((std::string("wgmma: ") + which_ + " reads outside the block's shared memory").c_str());
-    }
-    if (async_view_ && std::memcmp(base_ + a, async_view_ + a, n) != 0) {
-      fail((std::string("wgmma: ") + which_ +
-            " reads shared memory the async proxy does not see as written (a generic-proxy "
-            "write, e.g. a store or cp.async, with no fence.proxy.async before the barrier that "
-            "ordered it before the wgmma)")
-               .c_str());
-    }
-    return base_ + a;
-  }
-
-  const unsigned char* base_;
-  const unsigned char* async_view_;
-  size_t bytes_;
-  Desc d_;
-  bool mn_major_;
-  const char* which_;
-};
+constexpr int kK = kMmaK;
 
 // The elements of A and B this thread's accumulators need, from shared memory as it is now.
 // Accumulator i of the thread is row 16 warp + lane / 4 + 8 ((i % 4) / 2), column
 // 8 (i / 4) + 2 (lane % 4) + i % 2: two rows of A (the first 2 x 16 elements), then n / 4
 // columns of B, k-major (element k of column j = 2 (i / 4) + i % 2 at 32 + k (n / 4) + j).
 std::vector<uint16_t> operands(const WgmmaOp& op, bool at_issue) {
-  const Operand a(op.desc_a, op.trans_a, "A", at_issue), b(op.desc_b, op.trans_b, "B", at_issue);
+  const SmemOperand a(decode(op.desc_a, "A"), op.trans_a, "wgmma", "A", at_issue),
+      b(decode(op.desc_b, "B"), op.trans_b, "wgmma", "B", at_issue);
   const int linear = thread_linear(), lane = linear & 31, warp = (linear >> 5) & 3;
   const int cols = op.n / 4;
   std::vector<uint16_t> v(static_cast<size_t>(2 + cols) * kK);
