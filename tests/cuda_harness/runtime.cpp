@@ -91,6 +91,7 @@ struct Block {
   std::vector<std::vector<std::shared_ptr<Collective>>> pending;
   std::unique_ptr<ThreadState> extension;  // block_state_slot()
   std::unique_ptr<ThreadState> tma_extension;  // block_tma_state_slot()
+  std::unique_ptr<ThreadState> tcgen05_extension;  // block_tcgen05_state_slot()
   std::string error;  // first error raised by a thread
   bool aborting = false;  // after an error: every barrier throws BlockAborted
   uint64_t switches = 0;
@@ -232,6 +233,11 @@ std::unique_ptr<ThreadState>& block_state_slot() {
 std::unique_ptr<ThreadState>& block_tma_state_slot() {
   current();
   return tl_block->tma_extension;
+}
+
+std::unique_ptr<ThreadState>& block_tcgen05_state_slot() {
+  current();
+  return tl_block->tcgen05_extension;
 }
 
 [[noreturn]] void fail(const char* what) { throw std::logic_error(what); }
@@ -516,7 +522,8 @@ void run_block(Block& b, const std::function<void()>& body, std::mt19937_64& rng
     }
   }
   if (b.error.empty()) {
-    for (const ThreadState* ext : {b.extension.get(), b.tma_extension.get()}) {
+    for (const ThreadState* ext :
+         {b.extension.get(), b.tcgen05_extension.get(), b.tma_extension.get()}) {
       const std::string left = ext ? ext->unfinished() : std::string();
       if (!left.empty() && b.error.empty()) {
         b.error = "block (" + std::to_string(b.idx.x) + "," + std::to_string(b.idx.y) + "," +

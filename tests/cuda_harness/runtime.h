@@ -53,9 +53,11 @@ struct ThreadState {
 };
 std::unique_ptr<ThreadState>& thread_state_slot();
 // The same per block (shared by its threads; a block runs on one OS thread): one for wgmma
-// (wgmma.cpp), one for mbarriers and bulk tensor copies (tma.cpp).
+// (wgmma.cpp), one for mbarriers and bulk tensor copies (tma.cpp), one for tensor memory and
+// tcgen05 (tcgen05.cpp).
 std::unique_ptr<ThreadState>& block_state_slot();
 std::unique_ptr<ThreadState>& block_tma_state_slot();
+std::unique_ptr<ThreadState>& block_tcgen05_state_slot();
 
 // ---- barriers and collectives ----
 void sync_threads();
@@ -136,6 +138,23 @@ void mbarrier_arrive(void* bar);
 // times out).
 bool mbarrier_try_wait_parity(void* bar, unsigned parity);
 void tma_load_tile(void* smem_dst, const TensorMap* map, const int32_t* coords, void* bar);
+// An arrival on `bar` that happens when a thread next waits on it: `complete` runs then, and
+// arrives (tcgen05.commit: the MMAs it tracks complete when their completion is awaited).
+void mbarrier_arrive_when_waited(void* bar, std::function<void()> complete);
+
+// Blackwell's tensor memory and tcgen05 (tcgen05.cpp); tensor-memory addresses are
+// (lane << 16) | column, shared-memory ones offsets from the block's dynamic shared memory.
+void tmem_alloc(uint32_t* dst, uint32_t ncols);
+void tmem_relinquish_alloc_permit();
+void tmem_dealloc(uint32_t taddr, uint32_t ncols);
+void tcgen05_fence_before_sync();
+void tcgen05_fence_after_sync();
+void umma_f16(uint32_t d_tmem, uint64_t desc_a, uint64_t desc_b, uint32_t idesc, bool accumulate);
+void umma_commit(void* bar);
+void tmem_ld(uint32_t taddr, uint32_t* r, int n);
+void tmem_st(uint32_t taddr, const uint32_t* r, int n);
+void tmem_wait_ld();
+void tmem_wait_st();
 
 // ---- launch ----
 struct LaunchStats {

@@ -19,8 +19,11 @@
 //    copy issued into a buffer still being read, gets NaN instead of passing by luck. A wait on
 //    a phase that never completes ends the launch with an error naming it, and so does a block
 //    that exits with a copy still in flight.
+//  - mbarrier_arrive_when_waited (tcgen05.commit) defers an arrival to the next wait on the
+//    barrier, as the copies' data, so that its MMAs complete only when awaited.
 //  - The copies write through the async proxy (runtime.h: both views of shared memory take
 //    their bytes). fence.mbarrier_init does nothing.
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -42,6 +45,7 @@ struct MBarrier {
   int64_t tx = 0;                   // transaction bytes still expected in this phase
   uint64_t phase = 0;               // phases completed
   std::vector<PendingCopy> copies;
+  std::vector<std::function<void()>> on_wait;  // mbarrier_arrive_when_waited
 };
 
 struct TmaState final : ThreadState {
@@ -51,6 +55,10 @@ struct TmaState final : ThreadState {
       if (!bar.copies.empty() || bar.tx > 0) {
         return "a bulk tensor copy still in flight (its mbarrier at shared offset " +
                std::to_string(offset) + " never waited for)";
+      }
+      if (!bar.on_wait.empty()) {
+        return "a tcgen05.commit whose mbarrier (shared offset " + std::to_string(offset) +
+               ") was never waited on";
       }
     }
     return {};
@@ -197,8 +205,17 @@ bool mbarrier_try_wait_parity(void* bar, unsigned parity) {
     }
     if (!copies.empty()) complete_if_done(b, bar);
     if ((b.phase & 1u) != parity) return true;
+    // Deferred arrivals (tcgen05.commit) happen now; each may also arrive on other barriers.
+    std::vector<std::function<void()>> deferred;
+    deferred.swap(b.on_wait);
+    for (const auto& complete : deferred) complete();
+    if ((barrier(bar).phase & 1u) != parity) return true;
     park(bar, "mbarrier.try_wait.parity");
   }
+}
+
+void mbarrier_arrive_when_waited(void* bar, std::function<void()> complete) {
+  barrier(bar).on_wait.push_back(std::move(complete));
 }
 
 void tma_load_tile(void* smem_dst, const TensorMap* map, const int32_t* coords, void* bar) {

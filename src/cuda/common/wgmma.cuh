@@ -82,10 +82,10 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
 }
 
 // Makes this thread's earlier generic-proxy writes to shared memory (st.shared, cp.async)
-// visible to the async proxy that wgmma reads through; a barrier after it publishes them to the
-// warpgroup.
+// visible to the async proxy that wgmma and tcgen05.mma read through (sm_90 and later); a
+// barrier after it publishes them to the block.
 __device__ __forceinline__ void fence_proxy_async() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #elif !defined(__CUDACC__)
   ::flashmla::cuda_harness::fence_proxy_async();
