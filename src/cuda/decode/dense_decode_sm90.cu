@@ -27,13 +27,18 @@
 #include "cuda/decode/dense_decode_sm90.h"
 #include "cuda/decode/dense_decode_launch.h"
 #include "cuda/decode/dense_decode_piece.cuh"
+#include "cuda/decode/dense_kv_tma.cuh"
 
 FMLA_CUDA_NS_BEGIN
 
 namespace {
 
 using namespace wgmma_attention;
-constexpr int kDqk = 576, kSlabs = kDqk / 64, kStages = 2;
+using dense_kv_tma::kChunks;
+using dense_kv_tma::kDqk;
+using dense_kv_tma::kSlabs;
+using dense_kv_tma::token_valid;
+constexpr int kStages = 2;
 
 // Shared memory from a 1024-byte aligned base: Q (64 rows), two KV stages (64 tokens each), P,
 // the two warpgroups' row maxima and sums, the stages' token validity, the stages' mbarriers;
@@ -45,23 +50,8 @@ constexpr int kBarOffset = kStatsOffset + (2 * 2 * kRows + kStages * kTile) * 4;
 constexpr int kSmemBytes = kBarOffset + kStages * 8 + 1024;
 static_assert(kBarOffset % 8 == 0, "mbarriers are 8-byte aligned");
 static_assert(kSmemBytes <= 227 * 1024, "fits the 227 KiB per block of sm_90");
-// A piece starts on a schedule block, so its tiles start on multiples of 64 tokens: a box of R
-// tokens never crosses a page, and the bytes armed are the bytes the copies deliver.
-static_assert(kDenseSchedBlock % kTile == 0, "tiles start on multiples of the tile");
-
-// The KV cache as the tensor map sees it: (channel, KV head, token in page, block), 576 x
-// num_heads_kv x page_block_size x num_blocks, and a box of 64 channels x 1 head x R tokens x 1
-// block with R = gcd(page_block_size, 64): one box per slab and run of R tokens of a tile, which
-// never crosses a page (tiles start on multiples of 64) and lands on a 1024-byte boundary
-// (R a multiple of 8, so at most 8 runs per tile).
-int rows_per_box(int page_block_size) {
-  int r = 64;
-  while (page_block_size % r != 0) r /= 2;
-  return r;
-}
 
 #if defined(FMLA_SM90_BODY)
-constexpr int kChunks = kDqk / 8;   // 16-byte chunks per row
 constexpr float kInf = INFINITY;
 
 // The 64 query rows row0.. of KV head g of request r (rows past rows_per_kv are zeros).
@@ -76,44 +66,6 @@ __device__ __forceinline__ void load_q(const DenseDecodeArgs& a, int r, int g, i
   }
 }
 
-// Whether token t of request r is read (dense_decode_piece.cuh's token_block).
-__device__ __forceinline__ bool token_valid(const DenseDecodeArgs& a, int r, int t, int t_end) {
-  return token_block(a, r, t, t_end) >= 0;
-}
-
-// Warp 0: tokens t0..t0+63 of KV head g of request r into the stage at sk by bulk tensor copies
-// on bar: lane q copies run q (R = rows tokens, at most 8 runs) if it is read, i.e. starts before
-// t_end in a block inside the cache; lane 0 arms bar with the bytes of the runs copied (none:
-// the phase completes at its arrival). The rows of runs not copied keep what the stage held and
-// are cleared after the wait (clear_row_unless: every token of such a run is invalid).
-__device__ __forceinline__ void issue_kv_tile(const DenseDecodeArgs& a, const TmaMap& map,
-                                              int rows, int r, int g, int t0, int t_end,
-                                              unsigned char* sk, uint64_t* bar) {
-  const int lane = lane_id(), t = t0 + lane * rows;
-  const int blk = lane < kTile / rows ? static_cast<int>(token_block(a, r, t, t_end)) : -1;
-  const unsigned copied = __ballot_sync(kFullMask, blk >= 0);
-  if (lane == 0) {
-    mbarrier_arrive_expect_tx(bar, static_cast<unsigned>(__popc(copied)) * kSlabs * rows * 128u);
-  }
-  __syncwarp();
-  if (blk >= 0) {
-    for (int s = 0; s < kSlabs; ++s) {
-      tma_load_4d(sk + s * kSlab + lane * rows * 128, &map, 64 * s, g, t % a.page_block_size, blk,
-                  bar);
-    }
-  }
-}
-
-// After the tile's copies landed: the four threads of token tid / 4 zero its row if it is not
-// read (valid: token_valid, computed by the caller when it issued the tile), so that its P = 0
-// never meets a NaN of V.
-__device__ __forceinline__ void clear_row_unless(bool valid, unsigned char* sk) {
-  if (valid) return;
-  const int j = static_cast<int>(threadIdx.x) / 4, quarter = static_cast<int>(threadIdx.x) % 4;
-  for (int c = quarter; c < kChunks; c += 4) {
-    *reinterpret_cast<uint4*>(slab_chunk(sk, j, c)) = uint4{0u, 0u, 0u, 0u};
-  }
-}
 #endif  // FMLA_SM90_BODY
 
 }  // namespace
@@ -173,7 +125,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       my_ok = token_valid(a, r, tok0 + my_token, tok1);
       if (threadIdx.x % 4 == 0) s_ok0[first_stage * kTile + my_token] = my_ok ? 1 : 0;
       if (issuer) {
-        issue_kv_tile(a, kv_map, rows_per_box, r, g, tok0, tok1,
+        dense_kv_tma::issue_kv_tile<kTile>(a, kv_map, rows_per_box, r, g, tok0, tok1,
                       smem + kKvOffset + first_stage * kSlabs * kSlab, bars + first_stage);
       }
     }
@@ -189,7 +141,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (it == 0) cp_async_wait<0>();  // Q landed
       mbarrier_wait(bars + st, (parity >> st) & 1u);  // tile it landed
       parity ^= 1u << st;
-      clear_row_unless(my_ok, sk);
+      dense_kv_tma::clear_row_unless<kTile>(my_ok, sk);
       fence_proxy_async();  // Q and the cleared rows, for wgmma (the async proxy)
       __syncthreads();      // to all; everyone is done with tile it-1's stage and P
       // The next tile into the other stage: this request's, or after its last tile the next
@@ -209,7 +161,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         my_ok = token_valid(a, nr, n0 + my_token, n_end);
         if (threadIdx.x % 4 == 0) s_ok0[(st ^ 1) * kTile + my_token] = my_ok ? 1 : 0;
         if (issuer) {
-          issue_kv_tile(a, kv_map, rows_per_box, nr, g, n0, n_end,
+          dense_kv_tma::issue_kv_tile<kTile>(a, kv_map, rows_per_box, nr, g, n0, n_end,
                         smem + kKvOffset + (st ^ 1) * kSlabs * kSlab, bars + (st ^ 1));
         }
       }
@@ -276,21 +228,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 bool launch_dense_decode_sm90(const DenseDecodeArgs& a, void* stream) {
   if (a.num_parts <= 0 || a.batch <= 0) return true;
   const dim3 grid = dense_decode_grid(a, kRows, "(KV head, 64-row tile) pairs");
-  const int page = a.page_block_size;
-  if (page <= 0 || page % 8 != 0 || !a.k_aligned || a.num_blocks <= 0 ||
-      a.num_blocks > INT32_MAX || a.num_heads_kv <= 0) {
-    return false;
-  }
-  // (channel, KV head, token, block); a single head's stride is any valid one.
-  const uint64_t dims[4] = {static_cast<uint64_t>(kDqk), static_cast<uint64_t>(a.num_heads_kv),
-                            static_cast<uint64_t>(page), static_cast<uint64_t>(a.num_blocks)};
-  const uint64_t strides[3] = {
-      a.num_heads_kv == 1 ? uint64_t{2 * kDqk} : static_cast<uint64_t>(a.k_stride[2]) * 2,
-      static_cast<uint64_t>(a.k_stride[1]) * 2, static_cast<uint64_t>(a.k_stride[0]) * 2};
-  const int rows = rows_per_box(page);
-  const uint32_t box[4] = {64, 1, static_cast<uint32_t>(rows), 1};
+  const int rows = dense_kv_tma::rows_per_box<kTile>(a.page_block_size);
   alignas(64) TmaMap map;
-  if (!encode_tma_map_16bit(&map, 4, a.k_cache, dims, strides, box).empty()) return false;
+  if (!dense_kv_tma::encode_kv_map(a, rows, &map)) return false;
   launch_for_dtype(a, [&](auto fp16) {
     constexpr bool kFp16 = decltype(fp16)::value;
     FMLA_LAUNCH(dense_decode_sm90<kFp16>, grid, dim3(kThreads), kSmemBytes, stream, a, map, rows);
