@@ -224,9 +224,13 @@ target_compile_options(flashmla_cuda PRIVATE
 if(_fmla_FLASH_MLA_DISABLE_FP16)
   target_compile_definitions(flashmla_cuda PRIVATE FLASH_MLA_DISABLE_FP16)
 endif()
-# The host side may select the SM90 (wgmma) kernels only when their sm_90a code is built.
+# The host side may select the SM90 (wgmma) and SM100 (tcgen05) kernels only when their
+# sm_90a / sm_100a code is built.
 if(_fmla_archs MATCHES "(^|;)90a(-real)?(;|$)")
   target_compile_definitions(flashmla_cuda PRIVATE FLASHMLA_CUDA_SM90A)
+endif()
+if(_fmla_archs MATCHES "(^|;)100a(-real)?(;|$)")
+  target_compile_definitions(flashmla_cuda PRIVATE FLASHMLA_CUDA_SM100A)
 endif()
 # The CUDA runtime: static by default (CMAKE_CUDA_RUNTIME_LIBRARY, CMake's own default), so the
 # test binaries and the Python module need no libcudart.so at run time; Shared links libcudart.so.

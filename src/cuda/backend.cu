@@ -86,11 +86,12 @@ void release(void* p, void* stream) {
   (void)cudaFreeAsync(p, static_cast<cudaStream_t>(stream));  // never throws: a destructor's
 }
 
-// The SM90 (wgmma) kernels: on compute capability 9.0 (sm_90a code runs there only) when this
-// build has sm_90a code (FLASHMLA_CUDA_SM90A, cmake/cuda.cmake) and FLASHMLA_CUDA_PORTABLE is
-// not set to something other than 0 (which keeps every GPU on the portable SM80 kernels).
-// FLASHMLA_LOG=debug prints the choice once per device.
-bool hopper_kernels() {
+// The kernel generation for the current device: SM90 (wgmma) on compute capability 9.0 and
+// SM100 (tcgen05) on 10.0 (their sm_90a / sm_100a code runs there only) when this build has that
+// code (FLASHMLA_CUDA_SM90A / FLASHMLA_CUDA_SM100A, cmake/cuda.cmake) and FLASHMLA_CUDA_PORTABLE
+// is not set to something other than 0 (which keeps every GPU on the portable SM80 kernels);
+// SM80 otherwise. FLASHMLA_LOG=debug prints the choice once per device.
+KernelGeneration generation() {
   int device = 0, major = 0, minor = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
@@ -100,20 +101,29 @@ bool hopper_kernels() {
   const char* env = std::getenv("FLASHMLA_CUDA_PORTABLE");
   const bool opted_out = env && *env && std::string_view(env) != "0";
 #if defined(FLASHMLA_CUDA_SM90A)
-  const bool built = true;
+  const bool built90 = true;
 #else
-  const bool built = false;
+  const bool built90 = false;
 #endif
-  const bool hopper = built && !opted_out && major == 9 && minor == 0;
+#if defined(FLASHMLA_CUDA_SM100A)
+  const bool built100 = true;
+#else
+  const bool built100 = false;
+#endif
+  const bool hopper = major == 9 && minor == 0, blackwell = major == 10 && minor == 0;
+  KernelGeneration g = KernelGeneration::sm80;
+  if (!opted_out && hopper && built90) g = KernelGeneration::sm90;
+  if (!opted_out && blackwell && built100) g = KernelGeneration::sm100;
   static std::atomic<uint64_t> logged{0};
   if (debug_log() && device >= 0 && device < 64 && !(logged.fetch_or(uint64_t{1} << device) >> device & 1)) {
+    const char* why = g != KernelGeneration::sm80 || !(hopper || blackwell) ? ""
+                      : opted_out ? " (FLASHMLA_CUDA_PORTABLE)"
+                      : hopper    ? " (no sm_90a in this build)"
+                                  : " (no sm_100a in this build)";
     std::fprintf(stderr, "flashmla: CUDA device %d (compute capability %d.%d): %s kernels%s\n",
-                 device, major, minor, hopper ? "sm90 (wgmma)" : "sm80 (portable)",
-                 opted_out ? " (FLASHMLA_CUDA_PORTABLE)"
-                 : built   ? ""
-                           : " (no sm_90a in this build)");
+                 device, major, minor, generation_name(g), why);
   }
-  return hopper;
+  return g;
 }
 #else
 constexpr const char* kName = "harness";
@@ -132,28 +142,24 @@ void* allocate(size_t bytes, void*) {
 
 void release(void* p, void*) { std::free(p); }
 
-// The harness's table runs the portable kernels; tests run the SM90 ones directly.
-bool hopper_kernels() { return false; }
+// The harness's table runs the portable kernels; tests run the SM90 and SM100 ones directly.
+KernelGeneration generation() { return KernelGeneration::sm80; }
 #endif
-
-KernelGeneration generation() {
-  return hopper_kernels() ? KernelGeneration::sm90 : KernelGeneration::sm80;
-}
 
 void dense_decode(const core::DenseDecodeParams& p, void* stream) {
   const KernelGeneration picked = generation();
   const KernelGeneration ran = run_dense_decode(p, stream, picked);
-  // The SM90 kernel reads the cache by TMA; a layout it cannot map runs the SM80 one (once
-  // said under FLASHMLA_LOG=debug, as the choice of kernels is).
+  // The SM90 and SM100 kernels read the cache by TMA; a layout they cannot map runs the SM80
+  // one (once said under FLASHMLA_LOG=debug, as the choice of kernels is).
   static std::atomic<bool> said{false};
   if (ran != picked && !said.exchange(true)) {
     if (debug_log()) {
       std::fprintf(stderr,
-                   "flashmla: dense decode on the sm80 kernel: the sm90 one reads the cache "
+                   "flashmla: dense decode on the sm80 kernel: the %s one reads the cache "
                    "through a TMA tensor map, which needs page_block_size a multiple of 8 (got "
                    "%lld), k_cache and its strides 16-byte aligned, at most 2^31-1 blocks, and a "
                    "driver that encodes the map\n",
-                   static_cast<long long>(p.page_block_size));
+                   generation_name(picked), static_cast<long long>(p.page_block_size));
     }
   }
 }

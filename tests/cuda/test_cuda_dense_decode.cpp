@@ -1,12 +1,12 @@
-// The CUDA dense decode kernels (src/cuda/decode/dense_decode*.cu: the SM80 mma.sync one and the
-// SM90 wgmma one, each on every case) run on the CPU harness, against the double-precision
+// The CUDA dense decode kernels (src/cuda/decode/dense_decode*.cu: the SM80 mma.sync one, the
+// SM90 wgmma one and the SM100 tcgen05 one, each on every case) run on the CPU harness, against the double-precision
 // reference with FlashMLA's tolerances, on the params the library builds
 // (core::prepare_dense_decode): small shapes around the 32- and 64-token KV tiles and the 16- and
 // 64-row Q tiles,
 // MQA / GQA, causal q_len 2, varlen, zero-length requests, page sizes 64 and small odd ones,
 // non-contiguous q / block table, bf16 and fp16, and schedules of several parts so requests are
 // split and go through the combine. NaN fills every cache slot that must not be read. The SM90
-// kernel reads the cache by TMA where the layout allows (pages of 8, 16, 32, 48, 64, 128
+// and SM100 kernels read the cache by TMA where the layout allows (pages of 8, 16, 32, 48, 64, 128
 // tokens here) and the SM80 kernel runs otherwise: each case checks which one ran.
 #include <gtest/gtest.h>
 
@@ -22,6 +22,7 @@
 #include "cuda/decode/dense_decode.h"
 #include "cuda/decode/dense_decode_sm80.h"
 #include "cuda/decode/dense_decode_sm90.h"
+#include "cuda/decode/dense_decode_sm100.h"
 #include "flashmla/flashmla.h"
 #include "testing/bad_input.h"
 #include "testing/compare.h"
@@ -34,7 +35,8 @@ using testing::DenseDecodeCase;
 using testing::DenseDecodeData;
 using testing::HostTensor;
 using cuda::KernelGeneration;
-constexpr KernelGeneration kGenerations[] = {KernelGeneration::sm80, KernelGeneration::sm90};
+constexpr KernelGeneration kGenerations[] = {KernelGeneration::sm80, KernelGeneration::sm90,
+                                             KernelGeneration::sm100};
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -43,6 +45,7 @@ struct CudaCase {
   int num_sm_parts = 1;  // parts of the schedule
   bool split = false;    // the schedule splits some request (checked, so the case keeps testing it)
   bool unaligned = false;  // q, k_cache and out copied to layouts with odd strides
+  bool rising = false;     // scores that step up along the sequence (grow_scores)
 };
 
 void PrintTo(const CudaCase& cs, std::ostream* os) {
@@ -61,12 +64,39 @@ HostTensor relayout(const HostTensor& t, testing::Padding pad) {
   return r;
 }
 
+// Scores that step up by about 10 (log2 units) every 32 tokens: channel 575 (a RoPE channel,
+// not part of V) of every query is 4 and of the key at position t 42 floor(t / 32), so each
+// tile's maximum passes the running one by more than 2^8 and every kernel rescales O (the SM100
+// one only then), while the scores within a tile keep their spread. NaN slots stay NaN.
+void grow_scores(DenseDecodeData& d) {
+  const TensorView q = d.q.view(), k = d.k_cache.view();
+  testing::for_each_element(q, [&](const int64_t* index, int64_t offset) {
+    if (index[3] == 575) testing::store_float(q, offset, 4.0f);
+  });
+  const int64_t page = k.shape[1], blocks = k.shape[0];
+  std::vector<float> step(static_cast<size_t>(blocks * page), 0.0f);
+  for (int64_t r = 0; r < d.block_table.view().shape[0]; ++r) {
+    for (int64_t p = 0; p < d.block_table.view().shape[1]; ++p) {
+      const int64_t blk = d.block_table.i32({r, p});
+      if (blk < 0 || blk >= blocks) continue;
+      for (int64_t s = 0; s < page; ++s) {
+        step[static_cast<size_t>(blk * page + s)] = 42.0f * static_cast<float>((p * page + s) / 32);
+      }
+    }
+  }
+  testing::for_each_element(k, [&](const int64_t* index, int64_t offset) {
+    if (index[3] != 575 || std::isnan(testing::load_float(k, offset))) return;
+    testing::store_float(k, offset, step[static_cast<size_t>(index[0] * page + index[1])]);
+  });
+}
+
 // Runs the CUDA kernel on the library's params (accumulators NaN-filled, so a slot the kernel
 // forgets to write shows) and compares out and lse with the reference.
 void check_against_reference(const CudaCase& cs, KernelGeneration gen) {
   SCOPED_TRACE(cs.c.name() + "_parts" + std::to_string(cs.num_sm_parts) + "_" +
                cuda::generation_name(gen));
   DenseDecodeData data = testing::make_dense_decode_data(cs.c);
+  if (cs.rising) grow_scores(data);
   std::string lens = "cache_seqlens";
   for (int32_t len : data.seqlens) lens += " " + std::to_string(len);
   SCOPED_TRACE(lens);
@@ -96,7 +126,8 @@ void check_against_reference(const CudaCase& cs, KernelGeneration gen) {
   std::fill(sched.lse_accum.begin(), sched.lse_accum.end(), kNaN);
   std::fill(sched.o_accum.begin(), sched.o_accum.end(), kNaN);
   const KernelGeneration ran = cuda::run_dense_decode(p, nullptr, gen);
-  // The SM90 kernel reads the cache by TMA: pages of a multiple of 8 tokens, 16-byte strides.
+  // The SM90 and SM100 kernels read the cache by TMA: pages of a multiple of 8 tokens, 16-byte
+  // strides.
   const bool tma_layout = cs.c.page_block_size % 8 == 0 && !cs.unaligned;
   EXPECT_EQ(cuda::generation_name(ran),
             cuda::generation_name(tma_layout ? gen : KernelGeneration::sm80))
@@ -116,7 +147,7 @@ TEST_P(CudaDenseDecode, MatchesReference) {
 std::string case_name(const ::testing::TestParamInfo<Param>& info) {
   const CudaCase& cs = std::get<0>(info.param);
   return cs.c.name() + "_parts" + std::to_string(cs.num_sm_parts) +
-         (cs.unaligned ? "_odd_strides" : "") + "_" +
+         (cs.unaligned ? "_odd_strides" : "") + (cs.rising ? "_rising" : "") + "_" +
          cuda::generation_name(std::get<1>(info.param));
 }
 
@@ -198,6 +229,11 @@ std::vector<CudaCase> mixed() {
       {{.batch = 3, .q_len = 1, .kv_len = 200, .num_heads_q = 32, .num_heads_kv = 1,
         .page_block_size = 32, .varlen = true, .zero_lengths = true, .dtype = DType::fp16,
         .seed = 44}, 7, true},
+      // Rising scores (grow_scores): the running max is passed again and again.
+      {{.batch = 2, .q_len = 2, .kv_len = 300, .num_heads_q = 128, .num_heads_kv = 1,
+        .varlen = true, .causal = true, .seed = 50}, 8, true, false, true},
+      {{.batch = 1, .q_len = 1, .kv_len = 200, .num_heads_q = 16, .num_heads_kv = 1,
+        .page_block_size = 16, .dtype = DType::fp16, .seed = 51}, 1, false, false, true},
       // Odd strides: element-wise loads and stores instead of cp.async / 4-byte stores.
       {{.batch = 2, .q_len = 2, .kv_len = 300, .num_heads_q = 16, .num_heads_kv = 2,
         .page_block_size = 7, .causal = true, .seed = 27}, 8, true, true},
@@ -240,7 +276,8 @@ TEST(CudaDenseDecodeEdges, TooManyPartsIsAnError) {
   a.batch = a.q_len = a.num_heads_q = a.num_heads_kv = 1;
   a.num_parts = 65536;
   const std::function<void()> launches[] = {[&] { cuda::launch_dense_decode_sm80(a, nullptr); },
-                                             [&] { cuda::launch_dense_decode_sm90(a, nullptr); }};
+                                             [&] { cuda::launch_dense_decode_sm90(a, nullptr); },
+                                             [&] { cuda::launch_dense_decode_sm100(a, nullptr); }};
   for (const auto& launch : launches) {
     const auto what = testing::bad_input::expect_error(
         launch, "flash_mla_with_kvcache",

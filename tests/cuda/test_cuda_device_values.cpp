@@ -91,9 +91,10 @@ void scramble_schedule(int32_t* records, int num_parts, int32_t* num_splits, int
   for (int64_t i = 0; i <= batch; ++i) num_splits[i] = junk[n++ % 6];
 }
 
-// Every test runs the kernels of both generations (the portable and the Hopper one).
-constexpr cuda::KernelGeneration kGenerations[] = {cuda::KernelGeneration::sm80,
-                                                   cuda::KernelGeneration::sm90};
+// Every test runs the kernels of every generation (the portable, the Hopper and the Blackwell
+// one; entry points without a Blackwell kernel run their portable one for it).
+constexpr cuda::KernelGeneration kGenerations[] = {
+    cuda::KernelGeneration::sm80, cuda::KernelGeneration::sm90, cuda::KernelGeneration::sm100};
 
 TEST(CudaDeviceValues, DenseDecodeLengthsAndBlockIdsStayInTheirRequest) {
   const testing::DenseDecodeCase cs{.batch = 4, .q_len = 2, .kv_len = 400, .num_heads_q = 16,

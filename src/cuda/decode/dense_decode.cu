@@ -1,4 +1,4 @@
-// Dense MLA decode on the GPU: core::DenseDecodeParams -> the SM80 or SM90 split kernel, then the
+// Dense MLA decode on the GPU: core::DenseDecodeParams -> the SM80, SM90 or SM100 split kernel, then the
 // combine of split requests (as cpu/decode/dense_decode.cpp).
 #include "cuda/decode/dense_decode.h"
 
@@ -8,6 +8,7 @@
 #include "cuda/decode/combine.h"
 #include "cuda/decode/dense_decode_sm80.h"
 #include "cuda/decode/dense_decode_sm90.h"
+#include "cuda/decode/dense_decode_sm100.h"
 #include "flashmla/error.h"
 
 FMLA_CUDA_NS_BEGIN
@@ -69,6 +70,8 @@ KernelGeneration run_dense_decode(const core::DenseDecodeParams& p, void* stream
   KernelGeneration ran = KernelGeneration::sm80;
   if (gen == KernelGeneration::sm90 && launch_dense_decode_sm90(a, stream)) {
     ran = KernelGeneration::sm90;
+  } else if (gen == KernelGeneration::sm100 && launch_dense_decode_sm100(a, stream)) {
+    ran = KernelGeneration::sm100;
   } else {
     launch_dense_decode_sm80(a, stream);
   }
